@@ -1,0 +1,84 @@
+"""Errors a person can act on, and the mapping from the database's refusals."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+__all__ = [
+    "ConfigError",
+    "DatabaseUnavailable",
+    "IllegalTransition",
+    "InvalidArguments",
+    "JobNotFound",
+    "LedgerError",
+    "UnknownKind",
+    "VersionConflict",
+    "from_database",
+    "refusals",
+]
+
+
+class LedgerError(Exception):
+    """Base of every refusal; str() is the message to show a person."""
+
+
+class ConfigError(LedgerError):
+    """Configuration is missing or wrong."""
+
+
+class DatabaseUnavailable(LedgerError):
+    """The database cannot be reached."""
+
+
+class UnknownKind(LedgerError):
+    """A job kind that no one registered."""
+
+
+class InvalidArguments(LedgerError):
+    """Arguments or options that do not validate; the message names the field."""
+
+
+class IllegalTransition(LedgerError):
+    """The job's state does not allow the change (SQLSTATE LG001)."""
+
+
+class VersionConflict(LedgerError):
+    """The job changed since it was read (SQLSTATE LG002)."""
+
+
+class JobNotFound(LedgerError):
+    """No job has that id (SQLSTATE LG003)."""
+
+
+_BY_SQLSTATE: dict[str, type[LedgerError]] = {
+    "LG001": IllegalTransition,
+    "LG002": VersionConflict,
+    "LG003": JobNotFound,
+    "LG004": InvalidArguments,
+    "LG005": IllegalTransition,
+    "23505": VersionConflict,  # unique (job_id, version): a racing writer appended first
+}
+
+
+def from_database(exc: psycopg.Error) -> LedgerError | None:
+    """The LedgerError for a refusal raised by schema.sql, or None if it is not one."""
+    cls = _BY_SQLSTATE.get(exc.sqlstate or "")
+    if cls is None:
+        return None
+    diag = exc.diag.message_primary or str(exc)
+    return cls(diag)
+
+
+@contextmanager
+def refusals() -> Iterator[None]:
+    """Re-raise the database's refusals (schema.sql's LG codes) as LedgerErrors."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        mapped = from_database(exc)
+        if mapped is None:
+            raise
+        raise mapped from None

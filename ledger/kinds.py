@@ -1,0 +1,192 @@
+"""Job kinds: a registry from kind name to its args model, options and handler."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import InvalidArguments, UnknownKind
+from .models import Job
+
+__all__ = [
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_PRIORITY",
+    "DEFAULT_QUEUE",
+    "HEARTBEAT",
+    "RESCUE",
+    "JobCancel",
+    "JobContext",
+    "JobDiscard",
+    "JobSnooze",
+    "Kind",
+    "NoArgs",
+    "Registry",
+    "default_registry",
+    "format_validation_error",
+]
+
+DEFAULT_QUEUE = "default"
+DEFAULT_PRIORITY = 5
+DEFAULT_MAX_ATTEMPTS = 25  # with the schema's backoff: about three weeks of retries
+DEFAULT_TIMEOUT = 300.0
+
+HEARTBEAT = "heartbeat"
+RESCUE = "ledger.rescue"
+
+A = TypeVar("A", bound=BaseModel)
+log = logging.getLogger("ledger.jobs")
+
+
+class NoArgs(BaseModel):
+    """Args of a kind that takes none; anything extra is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class JobContext(Generic[A]):
+    """What a handler receives: its validated args, the job row, and where the ledger is."""
+
+    args: A
+    job: Job
+    worker: str
+    database_url: str
+
+    @property
+    def id(self) -> int:
+        return self.job.id
+
+    @property
+    def attempt(self) -> int:
+        return self.job.attempt
+
+
+class JobSnooze(Exception):
+    """Raise from a handler to run the job again at `run_at` without spending an attempt."""
+
+    def __init__(self, run_at: datetime) -> None:
+        super().__init__(f"snoozed until {run_at.isoformat()}")
+        self.run_at = run_at
+
+
+class JobCancel(Exception):
+    """Raise from a handler to cancel the job (no more attempts)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class JobDiscard(Exception):
+    """Raise from a handler for a permanent failure: discard now, without retrying."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+Handler = Callable[[JobContext[Any]], Any | Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Kind(Generic[A]):
+    """A registered job kind. Options are defaults an enqueue may override."""
+
+    name: str
+    args_model: type[A]
+    handler: Handler | None = None
+    queue: str = DEFAULT_QUEUE
+    priority: int = DEFAULT_PRIORITY
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout: float = DEFAULT_TIMEOUT
+    """Seconds an attempt may run before it is cancelled and counted as failed."""
+    backoff: Callable[[int], float] | None = None
+    """Seconds to wait after failed attempt n; None uses the schema's ledger.backoff()."""
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """`field 'to': Field required; field 'n': ...` from a pydantic error."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"field {where!r}: {err['msg']}")
+    return "; ".join(parts)
+
+
+@dataclass
+class Registry:
+    """Kind name -> Kind. Applications register theirs with `@registry.kind(...)`."""
+
+    kinds: dict[str, Kind[Any]] = field(default_factory=dict)
+
+    def add(self, kind: Kind[Any]) -> Kind[Any]:
+        if kind.name in self.kinds and self.kinds[kind.name] != kind:
+            raise ValueError(f"job kind {kind.name!r} is already registered")
+        self.kinds[kind.name] = kind
+        return kind
+
+    def kind(
+        self,
+        name: str,
+        *,
+        args: type[BaseModel] = NoArgs,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = DEFAULT_PRIORITY,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        timeout: float = DEFAULT_TIMEOUT,
+        backoff: Callable[[int], float] | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Decorator registering a handler as the work of kind `name`."""
+
+        def register(handler: Handler) -> Handler:
+            self.add(Kind(name, args, handler, queue, priority, max_attempts, timeout, backoff))
+            return handler
+
+        return register
+
+    def get(self, name: str) -> Kind[Any]:
+        try:
+            return self.kinds[name]
+        except KeyError:
+            known = ", ".join(sorted(self.kinds)) or "none"
+            raise UnknownKind(f"unknown job kind {name!r}; known kinds: {known}") from None
+
+    def validate_args(self, name: str, args: Mapping[str, Any] | BaseModel | None) -> dict[str, Any]:
+        """Validated args of kind `name` as JSON-ready data, or InvalidArguments naming the field."""
+        kind = self.get(name)
+        if isinstance(args, BaseModel):
+            args = args.model_dump(mode="json")
+        try:
+            model = kind.args_model.model_validate(args if args is not None else {})
+        except ValidationError as exc:
+            raise InvalidArguments(f"invalid args for job kind {name!r}: {format_validation_error(exc)}") from None
+        dumped: dict[str, Any] = model.model_dump(mode="json")
+        return dumped
+
+    def copy(self) -> Registry:
+        return Registry(dict(self.kinds))
+
+
+def _heartbeat(ctx: JobContext[NoArgs]) -> None:
+    log.info("worker heartbeat", extra={"job_id": ctx.id, "worker": ctx.worker})
+
+
+def _rescue(ctx: JobContext[NoArgs]) -> None:
+    # Imported here: the store needs a connection, the kinds module does not.
+    from .db import connect
+    from .store import Store
+
+    with connect(ctx.database_url) as conn:
+        rescued = Store(conn).rescue()
+    if rescued:
+        log.info("rescued %d job(s) of vanished workers: %s", len(rescued), [j.id for j in rescued])
+
+
+default_registry = Registry()
+default_registry.add(Kind(HEARTBEAT, NoArgs, _heartbeat, max_attempts=1, timeout=30.0))
+default_registry.add(Kind(RESCUE, NoArgs, _rescue, queue=DEFAULT_QUEUE, priority=0, max_attempts=1, timeout=60.0))

@@ -1,0 +1,52 @@
+-- Queries of the ledger package, loaded by name (ledger/queries.py).
+-- Each goes through the schema's functions for writes; reads are plain.
+
+-- name: job_get
+SELECT * FROM ledger.jobs WHERE id = %(id)s;
+
+-- name: events_for_job
+SELECT position, job_id, version, type, at, data, metadata
+FROM ledger.events WHERE job_id = %(id)s ORDER BY version;
+
+-- name: discarded_list
+SELECT d.*, j.last_error
+FROM ledger.discarded d JOIN ledger.jobs j ON j.id = d.job_id
+WHERE (%(kind)s::text IS NULL OR d.kind = %(kind)s)
+  AND (%(queue)s::text IS NULL OR d.queue = %(queue)s)
+ORDER BY d.discarded_at DESC, d.job_id DESC
+LIMIT %(limit)s;
+
+-- name: counts_by_state
+SELECT state, queue, count(*) AS count FROM ledger.jobs GROUP BY state, queue ORDER BY state, queue;
+
+-- name: job_enqueue_many
+SELECT ledger.job_enqueue_many(
+    %(kinds)s::text[], %(args)s::jsonb[], %(queues)s::text[], %(priorities)s::int[],
+    %(max_attempts)s::int[], %(run_ats)s::timestamptz[], %(metadata)s) AS id;
+
+-- name: job_claim
+SELECT * FROM ledger.job_claim(%(queues)s::text[], %(n)s, %(worker)s, %(lease)s, %(metadata)s);
+
+-- name: job_succeed
+SELECT * FROM ledger.job_succeed(%(id)s, %(expected_version)s, %(metadata)s);
+
+-- name: job_fail
+SELECT * FROM ledger.job_fail(%(id)s, %(error)s, %(retry_at)s, %(discard)s, %(expected_version)s, %(metadata)s);
+
+-- name: job_cancel
+SELECT * FROM ledger.job_cancel(%(id)s, %(reason)s, %(expected_version)s, %(metadata)s);
+
+-- name: job_snooze
+SELECT * FROM ledger.job_snooze(%(id)s, %(run_at)s, %(expected_version)s, %(metadata)s);
+
+-- name: job_replay
+SELECT * FROM ledger.job_replay(%(id)s, %(actor)s, %(reason)s, %(expected_version)s, %(metadata)s);
+
+-- name: job_rescue
+SELECT * FROM ledger.job_rescue(coalesce(%(as_of)s::timestamptz, now()), %(ids)s::bigint[], %(metadata)s);
+
+-- name: projections_diff
+SELECT * FROM ledger.projections_diff();
+
+-- name: projections_rebuild
+SELECT ledger.projections_rebuild() AS jobs;
