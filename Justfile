@@ -1,0 +1,30 @@
+# Day-to-day commands. `just --list` shows them. Tools come from .venv/bin.
+# With DATABASE_URL unset, everything uses the embedded server in .ledger/.
+
+export PATH := justfile_directory() + "/.venv/bin:" + env_var('PATH')
+
+# List the recipes.
+default:
+    @just --list
+
+# Run the worker (applies the schema if needed). Extra args go to `ledger worker`.
+worker *ARGS:
+    ledger worker {{ARGS}}
+
+# Run the whole test suite against a real PostgreSQL (DATABASE_URL, else embedded).
+test *ARGS:
+    pytest {{ARGS}}
+
+# ruff (lint + format check) and mypy.
+lint:
+    ruff check .
+    ruff format --check .
+    mypy
+
+# Apply the schema to the database (idempotent).
+migrate:
+    ledger migrate
+
+# Stop the embedded development server.
+db-stop:
+    ledger db stop

@@ -1,0 +1,134 @@
+"""The `ledger` command as a user runs it: a real subprocess against a real database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ledger.store import Store
+
+LEDGER = [sys.executable, "-m", "ledger"]
+
+
+def ledger(*args: str, url: str | None, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "LEDGER_ENV"}}
+    if url is not None:
+        env["DATABASE_URL"] = url
+    env.update(extra_env or {})
+    return subprocess.run([*LEDGER, *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def discard_one(store: Store, kind: str = "heartbeat", error: str = "boom\nsecond line") -> int:
+    job = store.enqueue_many([(kind, {}, "default", 5, 1, None)])[0]
+    store.claim(["default"], 1, "w")
+    store.fail(job, error)
+    return job
+
+
+def test_failed_says_so_when_there_are_no_discarded_jobs(db_url: str) -> None:
+    out = ledger("failed", url=db_url)
+    assert (out.returncode, out.stdout) == (0, "no discarded jobs found\n")
+
+
+def test_failed_lists_discarded_jobs_newest_first_one_greppable_line_each(db_url: str, store: Store) -> None:
+    first, second = discard_one(store), discard_one(store, kind="other")
+    out = ledger("failed", url=db_url)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [f"id={second}", f"id={first}"]
+    assert lines[1].startswith(f"id={first} kind=heartbeat attempt=1/1 finalized_at=")
+    assert lines[1].endswith('error="boom second line"')
+    only = ledger("failed", "--kind", "other", "--json", url=db_url)
+    [row] = [json.loads(line) for line in only.stdout.splitlines()]
+    assert row["job_id"] == second and row["errors"][0]["error"] == "boom\nsecond line"
+
+
+def test_replay_puts_a_discarded_job_back_and_refuses_one_that_is_not(db_url: str, store: Store) -> None:
+    job = discard_one(store)
+    out = ledger("replay", str(job), "--reason", "fixed upstream", url=db_url, extra_env={"LEDGER_OPERATOR": "ana"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"replayed job {job}: state=available attempt=0/1\n"
+    assert store.events_for_job(job)[-1].data == {"by": "ana", "reason": "fixed upstream"}
+
+    again = ledger("replay", str(job), url=db_url)
+    assert again.returncode == 1
+    assert f"error: job {job} is available; only discarded or cancelled jobs can be replayed" in again.stderr
+    assert "Traceback" not in again.stderr
+    missing = ledger("replay", "999999", url=db_url)
+    assert missing.returncode == 1 and "error: job 999999 not found" in missing.stderr
+
+
+def test_show_prints_state_and_the_full_timeline(db_url: str, store: Store) -> None:
+    job = discard_one(store)
+    out = ledger("show", str(job), url=db_url)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"job {job}  kind=heartbeat  queue=default  state=discarded  attempt=1/1")
+    timeline = out.stdout.split("timeline:\n")[1].splitlines()
+    assert [line.split()[2] for line in timeline] == ["enqueued", "started", "discarded"]
+    assert ledger("show", "424242", url=db_url).stderr.strip().endswith("error: job 424242 not found")
+
+
+def test_enqueue_refuses_bad_input_with_a_clear_message_and_writes_nothing(db_url: str, store: Store) -> None:
+    cases = {
+        ("enqueue", "heartbeat", "--args", "{oops"): (2, "--args is not valid JSON"),
+        ("enqueue", "heartbeat", "--args", "[1]"): (2, "--args must be a JSON object"),
+        ("enqueue", "nosuch"): (1, "unknown job kind 'nosuch'; known kinds: heartbeat, ledger.rescue"),
+        ("enqueue", "heartbeat", "--args", '{"x": 1}'): (1, "field 'x': Extra inputs are not permitted"),
+        ("enqueue", "heartbeat", "--priority", "11"): (1, "field 'priority'"),
+    }
+    for args, (code, message) in cases.items():
+        out = ledger(*args, url=db_url)
+        assert out.returncode == code, (args, out.stderr)
+        assert message in out.stderr, (args, out.stderr)
+    assert store.counts_by_state() == []
+    ok = ledger("enqueue", "heartbeat", url=db_url)
+    assert ok.returncode == 0 and ok.stdout.startswith("enqueued heartbeat job id=")
+
+
+def test_rebuild_check_is_clean_then_reports_a_tampered_projection(db_url: str, store: Store) -> None:
+    job = discard_one(store)
+    assert ledger("rebuild", "--check", url=db_url).stdout == "projections match the events\n"
+    store.conn.execute("UPDATE ledger.jobs SET attempt = 7 WHERE id = %s", [job])
+    bad = ledger("rebuild", "--check", url=db_url)
+    assert bad.returncode == 1
+    assert f"jobs job {job}:" in bad.stdout and "differ from the fold of the events" in bad.stderr
+    fixed = ledger("rebuild", url=db_url)
+    assert fixed.stdout == "rebuilt projections of 1 job(s) from the events\n"
+    assert ledger("rebuild", "--check", url=db_url).returncode == 0
+
+
+def test_migrate_twice_is_a_no_op_from_the_command_line(db_url: str) -> None:
+    out = ledger("migrate", url=db_url)
+    assert (out.returncode, out.stdout) == (0, "schema is at version 1; nothing to do\n")
+
+
+def test_production_mode_refuses_to_run_without_database_url(tmp_path: Path) -> None:
+    out = ledger("failed", url=None, extra_env={"LEDGER_ENV": "production", "LEDGER_DATA_DIR": str(tmp_path)})
+    assert out.returncode == 1
+    assert "DATABASE_URL is required but unset" in out.stderr
+    assert not (tmp_path / "pgdata").exists()
+
+
+def test_an_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:
+    out = ledger("failed", url="postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
+    assert out.returncode == 1
+    assert (
+        out.stderr.strip().splitlines()[-1].startswith("error: cannot connect to postgresql://nobody@127.0.0.1:1/none")
+    )
+    assert "Traceback" not in out.stderr
+
+
+def test_the_one_database_line_is_logged(db_url: str) -> None:
+    out = ledger("failed", url=db_url)
+    assert "database: postgresql://" in out.stderr and "(from DATABASE_URL)" in out.stderr
+
+
+@pytest.mark.parametrize("command", ["failed", "show", "replay", "rebuild", "enqueue", "migrate"])
+def test_every_command_has_help(command: str) -> None:
+    out = ledger(command, "--help", url=None)
+    assert out.returncode == 0 and "Usage" in out.stdout

@@ -1,0 +1,96 @@
+"""The client: validation before any write, sync and async, own connection or the caller's."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import anyio
+import psycopg
+import pytest
+from psycopg.rows import DictRow
+from pydantic import BaseModel
+
+from ledger.client import AsyncClient, Client
+from ledger.errors import InvalidArguments, UnknownKind
+from ledger.kinds import Registry, default_registry
+from ledger.store import Store
+
+from .conftest import count_events
+
+
+class Email(BaseModel):
+    to: str
+    retries: int = 0
+
+
+def registry() -> Registry:
+    r = default_registry.copy()
+    r.kind("email", args=Email, queue="mail", priority=2, max_attempts=7)(lambda ctx: None)
+    return r
+
+
+def test_enqueue_uses_the_kinds_options_and_validated_args(db_url: str, store: Store) -> None:
+    with Client(db_url, registry=registry()) as client:
+        job_id = client.enqueue("email", {"to": "a@example.org"})
+        override = client.enqueue("email", Email(to="b@example.org"), queue="urgent", priority=0)
+    job = store.job(job_id)
+    assert job is not None
+    assert (job.queue, job.priority, job.max_attempts, job.args) == (
+        "mail",
+        2,
+        7,
+        {"to": "a@example.org", "retries": 0},
+    )
+    other = store.job(override)
+    assert other is not None and (other.queue, other.priority) == ("urgent", 0)
+
+
+def test_an_unknown_kind_is_refused_listing_the_known_ones(db_url: str, conn: psycopg.Connection[DictRow]) -> None:
+    with Client(db_url, registry=registry()) as client, pytest.raises(UnknownKind) as refused:
+        client.enqueue("emial", {"to": "x"})
+    assert str(refused.value) == "unknown job kind 'emial'; known kinds: email, heartbeat, ledger.rescue"
+    assert count_events(conn) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "options", "field"),
+    [
+        ({}, {}, "field 'to': Field required"),
+        ({"to": "x", "retries": "many"}, {}, "field 'retries'"),
+        ({"to": "x"}, {"priority": 10}, "field 'priority'"),
+        ({"to": "x"}, {"max_attempts": 0}, "field 'max_attempts'"),
+        ({"to": "x"}, {"queue": "no spaces"}, "field 'queue'"),
+        ({"to": "x"}, {"run_at": datetime(2030, 1, 1)}, "field 'run_at': must carry a time zone"),
+    ],
+)
+def test_invalid_arguments_are_refused_naming_the_field_before_anything_is_written(
+    db_url: str, conn: psycopg.Connection[DictRow], args: dict[str, object], options: dict[str, object], field: str
+) -> None:
+    with Client(db_url, registry=registry()) as client, pytest.raises(InvalidArguments, match=field):
+        client.enqueue_many([{"kind": "heartbeat"}, {"kind": "email", "args": args, **options}])
+    assert count_events(conn) == 0
+
+
+def test_enqueue_many_returns_ids_in_order(db_url: str, store: Store) -> None:
+    with Client(db_url, registry=registry()) as client:
+        ids = client.enqueue_many([{"kind": "email", "args": {"to": str(i)}} for i in range(20)])
+    assert ids == sorted(ids)
+    assert [store.job(i).args["to"] for i in ids] == [str(i) for i in range(20)]  # type: ignore[union-attr]
+
+
+def test_async_enqueue_on_its_own_connection_and_in_the_callers_transaction(db_url: str, store: Store) -> None:
+    async def main() -> tuple[int, int]:
+        client = AsyncClient(db_url, registry=registry())
+        own = await client.enqueue("email", {"to": "async"})
+        async with await psycopg.AsyncConnection.connect(db_url) as caller:
+            async with caller.transaction():
+                joined = await client.enqueue("heartbeat", conn=caller)
+            async with caller.transaction():
+                await client.enqueue("heartbeat", conn=caller)
+                raise psycopg.Rollback()  # the job leaves with the caller's work
+        await client.close()
+        return own, joined
+
+    own, joined = anyio.run(main)
+    assert store.job(own) is not None and store.job(joined) is not None
+    assert store.conn.execute("SELECT count(*) AS n FROM ledger.jobs").fetchone() == {"n": 2}

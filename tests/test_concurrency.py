@@ -1,0 +1,39 @@
+"""Many connections claiming from one queue at once: every job is claimed exactly once."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+from ledger.db import connect
+from ledger.store import Store
+
+
+def test_concurrent_claims_take_every_job_exactly_once(db_url: str, store: Store) -> None:
+    total = 600
+    store.enqueue_many([("k", {"i": i}, "q", i % 10, 3, None) for i in range(total)])
+    claimed: list[int] = []
+    lock = threading.Lock()
+    start = threading.Barrier(6)
+
+    def worker(name: str) -> None:
+        with connect(db_url) as conn:
+            s = Store(conn)
+            start.wait()
+            while batch := s.claim(["q"], 7, name):
+                with lock:
+                    claimed.extend(j.id for j in batch)
+                for j in batch:
+                    s.succeed(j.id, expected_version=j.version)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    counts = Counter(claimed)
+    assert len(counts) == total
+    assert set(counts.values()) == {1}
+    assert {c.state for c in store.counts_by_state()} == {"succeeded"}
+    assert store.projections_diff() == []

@@ -1,0 +1,69 @@
+"""schema.sql against the Python side: enums agree, migrate is idempotent, NOTIFY once per statement."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg.rows import DictRow
+
+from ledger.db import connect
+from ledger.migrate import migrate, schema_version
+from ledger.states import EventType, JobState
+from ledger.store import Store
+
+
+def _enum(conn: psycopg.Connection[DictRow], name: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT e.enumlabel FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid "
+        "JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = 'ledger' AND t.typname = %s "
+        "ORDER BY e.enumsortorder",
+        [name],
+    ).fetchall()
+    return [r["enumlabel"] for r in rows]
+
+
+def test_python_enums_list_the_same_states_and_events_as_the_database(conn: psycopg.Connection[DictRow]) -> None:
+    assert _enum(conn, "job_state") == [s.value for s in JobState]
+    assert _enum(conn, "event_type") == [e.value for e in EventType]
+
+
+def test_every_state_and_event_type_is_documented() -> None:
+    import inspect
+
+    source = inspect.getsource(JobState) + inspect.getsource(EventType)
+    for member in [*JobState, *EventType]:
+        assert f'{member.name} = "{member.value}"\n    """' in source, f"{member!r} needs a docstring"
+
+
+def test_migrate_twice_is_a_no_op(conn: psycopg.Connection[DictRow]) -> None:
+    result = migrate(conn)
+    assert not result.applied
+    assert str(result) == f"schema is at version {schema_version()}; nothing to do"
+    assert conn.execute("SELECT count(*) AS n FROM ledger.schema_version").fetchone() == {"n": 1}
+
+
+def test_migrate_applies_the_schema_to_an_empty_database_once(server_url: str) -> None:
+    from psycopg.conninfo import make_conninfo
+
+    name = "ledger_migrate_probe"
+    with connect(server_url) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        with connect(make_conninfo(server_url, dbname=name)) as conn:
+            first, second = migrate(conn), migrate(conn)
+            assert (first.applied, second.applied) == (True, False)
+    finally:
+        with connect(server_url) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_a_batch_enqueue_notifies_each_queue_once_per_statement(db_url: str, store: Store) -> None:
+    with connect(db_url) as listener:
+        listener.execute('LISTEN "ledger.a"')
+        listener.execute('LISTEN "ledger.b"')
+        store.enqueue_many([("k", {}, "a", 5, 1, None)] * 50 + [("k", {}, "b", 5, 1, None)] * 50)
+        later = store.conn.execute("SELECT now() + interval '1 hour' AS t").fetchone()
+        assert later is not None
+        store.enqueue_many([("k", {}, "a", 5, 1, later["t"])])  # scheduled: nothing to wake for
+        channels = [n.channel for n in listener.notifies(timeout=0.5)]
+    assert sorted(channels) == ["ledger.a", "ledger.b"]
