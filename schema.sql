@@ -111,6 +111,16 @@ CREATE TABLE ledger.workers (
     expires_at    timestamptz NOT NULL
 );
 
+-- Periodic jobs: when each is next due. A worker that wins the row's
+-- compare-and-set for a period enqueues that period's job; the others see
+-- the period taken. No leader election, and no duplicate per period.
+CREATE TABLE ledger.periodic (
+    name         text PRIMARY KEY,
+    every        interval NOT NULL,
+    next_run_at  timestamptz NOT NULL,
+    last_job_id  bigint
+);
+
 -- ---------------------------------------------------------------- indexes
 
 -- The claim: claimable rows of a queue in the order they are taken.
@@ -547,6 +557,44 @@ BEGIN
                 ELSE format('worker %s vanished (lease expired at %s)', j.worker, r.expired) END),
             metadata);
     END LOOP;
+END $$;
+
+-- Enqueue periodic job `name` if its period has come; returns the job id,
+-- or NULL when the period's job was enqueued already (by any worker).
+-- Periods are aligned to the epoch: with `every` = 1 minute, once per
+-- wall-clock minute, however many workers call this.
+CREATE FUNCTION ledger.periodic_enqueue(
+    name text,
+    every interval,
+    kind text,
+    args jsonb DEFAULT '{}',
+    queue text DEFAULT 'default',
+    priority int DEFAULT 5,
+    max_attempts int DEFAULT 1
+) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    job_id bigint;
+BEGIN
+    IF every IS NULL OR every < interval '1 second' THEN
+        RAISE EXCEPTION 'every: a periodic job needs a period of at least one second' USING ERRCODE = 'LG004';
+    END IF;
+    INSERT INTO ledger.periodic AS p (name, every, next_run_at) VALUES (periodic_enqueue.name, periodic_enqueue.every, now())
+    ON CONFLICT DO NOTHING;
+    -- A new period (a redeploy with other settings) re-plans the next run, never later than planned.
+    UPDATE ledger.periodic p
+    SET every = periodic_enqueue.every,
+        next_run_at = least(p.next_run_at, date_bin(periodic_enqueue.every, now(), timestamptz 'epoch') + periodic_enqueue.every)
+    WHERE p.name = periodic_enqueue.name AND p.every <> periodic_enqueue.every;
+    -- The row lock serialises racing workers; the loser re-reads next_run_at and finds the period taken.
+    UPDATE ledger.periodic p
+    SET next_run_at = date_bin(periodic_enqueue.every, now(), timestamptz 'epoch') + periodic_enqueue.every
+    WHERE p.name = periodic_enqueue.name AND p.next_run_at <= now();
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    job_id := ledger.job_enqueue(kind, args, queue, priority, max_attempts, NULL, jsonb_build_object('periodic', periodic_enqueue.name));
+    UPDATE ledger.periodic p SET last_job_id = job_id WHERE p.name = periodic_enqueue.name;
+    RETURN job_id;
 END $$;
 
 -- Fold every job's events from scratch. What the projections must equal.

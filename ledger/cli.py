@@ -256,7 +256,16 @@ def db_stop() -> None:
     typer.echo("embedded server stopped" if stopped else "embedded server was not running")
 
 
+def _plugins() -> None:
+    """Add the subcommands other packages register (entry point group `ledger.commands`)."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="ledger.commands"):
+        app.command(ep.name)(ep.load())
+
+
 def main() -> None:
+    _plugins()
     setup_logging(logging.INFO if os.environ.get("LEDGER_VERBOSE") else logging.WARNING)
     if not os.environ.get("LEDGER_VERBOSE"):
         # The one line saying which database is in use, even when quiet.

@@ -81,6 +81,10 @@ def ensure_server(data_dir: Path) -> str:
     pgdata = data_dir / "pgdata"
     pgdata.mkdir(exist_ok=True)
     _prune_dead_pids(pgdata)
+    if not server_running(data_dir):
+        # The package caches one handle per folder per process and would hand
+        # back a handle to a server that has since stopped; start afresh.
+        pgserver.PostgresServer._instances.pop(pgdata.resolve(), None)
     server = pgserver.get_server(pgdata, cleanup_mode=None)
     admin_url: str = server.get_uri(database="postgres")
     with psycopg.connect(admin_url, autocommit=True) as conn:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -25,7 +25,9 @@ __all__ = [
     "JobSnooze",
     "Kind",
     "NoArgs",
+    "Periodic",
     "Registry",
+    "builtin_registry",
     "default_registry",
     "format_validation_error",
 ]
@@ -109,6 +111,20 @@ class Kind(Generic[A]):
     """Seconds to wait after failed attempt n; None uses the schema's ledger.backoff()."""
 
 
+@dataclass(frozen=True)
+class Periodic:
+    """A job enqueued once per period across all workers (see ledger.periodic_enqueue)."""
+
+    name: str
+    kind: str
+    every: timedelta
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+ErrorHook = Callable[[Job, BaseException, bool], Any]
+"""Called after every failed attempt with (job, error, will_retry)."""
+
+
 def format_validation_error(exc: ValidationError) -> str:
     """`field 'to': Field required; field 'n': ...` from a pydantic error."""
     parts = []
@@ -123,6 +139,8 @@ class Registry:
     """Kind name -> Kind. Applications register theirs with `@registry.kind(...)`."""
 
     kinds: dict[str, Kind[Any]] = field(default_factory=dict)
+    periodic_jobs: dict[str, Periodic] = field(default_factory=dict)
+    error_hooks: list[ErrorHook] = field(default_factory=list)
 
     def add(self, kind: Kind[Any]) -> Kind[Any]:
         if kind.name in self.kinds and self.kinds[kind.name] != kind:
@@ -149,6 +167,20 @@ class Registry:
 
         return register
 
+    def periodic(
+        self, kind: str, every: timedelta, *, args: dict[str, Any] | None = None, name: str | None = None
+    ) -> None:
+        """Enqueue `kind` once every `every`, however many workers run. Re-registering a name replaces it."""
+        self.get(kind)
+        if every < timedelta(seconds=1):
+            raise ValueError("a periodic job needs a period of at least one second")
+        self.periodic_jobs[name or kind] = Periodic(name or kind, kind, every, self.validate_args(kind, args))
+
+    def on_error(self, hook: ErrorHook) -> ErrorHook:
+        """Decorator: `hook(job, error, will_retry)` runs after every failed attempt (alerting, say)."""
+        self.error_hooks.append(hook)
+        return hook
+
     def get(self, name: str) -> Kind[Any]:
         try:
             return self.kinds[name]
@@ -169,7 +201,7 @@ class Registry:
         return dumped
 
     def copy(self) -> Registry:
-        return Registry(dict(self.kinds))
+        return Registry(dict(self.kinds), dict(self.periodic_jobs), list(self.error_hooks))
 
 
 def _heartbeat(ctx: JobContext[NoArgs]) -> None:
@@ -187,6 +219,16 @@ def _rescue(ctx: JobContext[NoArgs]) -> None:
         log.info("rescued %d job(s) of vanished workers: %s", len(rescued), [j.id for j in rescued])
 
 
-default_registry = Registry()
-default_registry.add(Kind(HEARTBEAT, NoArgs, _heartbeat, max_attempts=1, timeout=30.0))
-default_registry.add(Kind(RESCUE, NoArgs, _rescue, queue=DEFAULT_QUEUE, priority=0, max_attempts=1, timeout=60.0))
+def builtin_registry() -> Registry:
+    """A registry holding only the built-in kinds and their periodic schedule."""
+    registry = Registry()
+    registry.add(Kind(HEARTBEAT, NoArgs, _heartbeat, max_attempts=1, timeout=30.0))
+    registry.add(Kind(RESCUE, NoArgs, _rescue, queue=DEFAULT_QUEUE, priority=0, max_attempts=1, timeout=60.0))
+    # The worker re-registers these with its configured periods.
+    registry.periodic(HEARTBEAT, timedelta(minutes=1))
+    registry.periodic(RESCUE, timedelta(seconds=30))
+    return registry
+
+
+default_registry = builtin_registry()
+"""The process-wide registry: applications add their kinds here (`@default_registry.kind`)."""

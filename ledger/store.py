@@ -21,7 +21,7 @@ from .errors import refusals
 from .models import DiscardedJob, Event, Job, StateCount
 from .queries import query
 
-__all__ = ["EnqueueRow", "Store"]
+__all__ = ["EnqueueRow", "Store", "command_params", "enqueue_params"]
 
 EnqueueRow = tuple[str, dict[str, Any], str, int, int, datetime | None]
 """(kind, args, queue, priority, max_attempts, run_at) of one job to enqueue."""
@@ -85,7 +85,7 @@ class Store:
     def succeed(
         self, job_id: int, *, expected_version: int | None = None, metadata: dict[str, Any] | None = None
     ) -> Job:
-        return self._job("job_succeed", _cmd(job_id, expected_version, metadata))
+        return self._job("job_succeed", command_params(job_id, expected_version, metadata))
 
     def fail(
         self,
@@ -97,7 +97,7 @@ class Store:
         expected_version: int | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Job:
-        params = _cmd(job_id, expected_version, metadata, error=error, retry_at=retry_at, discard=discard)
+        params = command_params(job_id, expected_version, metadata, error=error, retry_at=retry_at, discard=discard)
         return self._job("job_fail", params)
 
     def cancel(
@@ -108,7 +108,7 @@ class Store:
         expected_version: int | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Job:
-        return self._job("job_cancel", _cmd(job_id, expected_version, metadata, reason=reason))
+        return self._job("job_cancel", command_params(job_id, expected_version, metadata, reason=reason))
 
     def snooze(
         self,
@@ -118,7 +118,7 @@ class Store:
         expected_version: int | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Job:
-        return self._job("job_snooze", _cmd(job_id, expected_version, metadata, run_at=run_at))
+        return self._job("job_snooze", command_params(job_id, expected_version, metadata, run_at=run_at))
 
     def replay(
         self,
@@ -129,7 +129,7 @@ class Store:
         expected_version: int | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Job:
-        return self._job("job_replay", _cmd(job_id, expected_version, metadata, actor=actor, reason=reason))
+        return self._job("job_replay", command_params(job_id, expected_version, metadata, actor=actor, reason=reason))
 
     def rescue(self, *, as_of: datetime | None = None, job_ids: Sequence[int] | None = None) -> list[Job]:
         params = {"as_of": as_of, "ids": list(job_ids) if job_ids is not None else None, "metadata": Jsonb({})}
@@ -143,5 +143,7 @@ class Store:
         return jobs
 
 
-def _cmd(job_id: int, expected_version: int | None, metadata: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+def command_params(
+    job_id: int, expected_version: int | None, metadata: dict[str, Any] | None, **extra: Any
+) -> dict[str, Any]:
     return {"id": job_id, "expected_version": expected_version, "metadata": Jsonb(metadata or {}), **extra}

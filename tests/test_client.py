@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from ledger.client import AsyncClient, Client
 from ledger.errors import InvalidArguments, UnknownKind
-from ledger.kinds import Registry, default_registry
+from ledger.kinds import Registry, builtin_registry
 from ledger.store import Store
 
 from .conftest import count_events
@@ -24,7 +24,7 @@ class Email(BaseModel):
 
 
 def registry() -> Registry:
-    r = default_registry.copy()
+    r = builtin_registry()
     r.kind("email", args=Email, queue="mail", priority=2, max_attempts=7)(lambda ctx: None)
     return r
 

@@ -50,3 +50,12 @@ SELECT * FROM ledger.projections_diff();
 
 -- name: projections_rebuild
 SELECT ledger.projections_rebuild() AS jobs;
+
+-- name: periodic_enqueue
+SELECT ledger.periodic_enqueue(%(name)s, %(every)s, %(kind)s, %(args)s, %(queue)s, %(priority)s, %(max_attempts)s) AS id;
+
+-- name: worker_heartbeat
+SELECT ledger.worker_heartbeat(%(worker)s, %(lease)s) AS expires_at;
+
+-- name: worker_stop
+SELECT ledger.worker_stop(%(worker)s);

@@ -1,0 +1,204 @@
+"""The worker as a real process: NOTIFY wake-up, retries, discard and replay, shutdown, rescue, exactly-once."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.rows import DictRow
+
+from ledger.db import connect
+from ledger.store import Store
+
+from .jobapp import SIDE_TABLE
+from .test_cli import ledger
+from .workers import WorkerProcess, wait_until
+
+QUIET = ["--heartbeat-every", "3600", "--rescue-every", "3600"]
+
+
+@pytest.fixture
+def side(conn: psycopg.Connection[DictRow]) -> psycopg.Connection[DictRow]:
+    conn.execute(SIDE_TABLE)
+    return conn
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for w in started:
+        w.kill()
+
+
+def enqueue(store: Store, kind: str, n: int = 1, args: dict[str, object] | None = None, attempts: int = 5) -> list[int]:
+    return store.enqueue_many([(kind, args or {}, "default", 5, attempts, None)] * n)
+
+
+def states(store: Store, ids: list[int]) -> Counter[str]:
+    return Counter(j.state.value for i in ids if (j := store.job(i)) is not None)
+
+
+def executions(conn: psycopg.Connection[DictRow]) -> Counter[int]:
+    return Counter(r["job_id"] for r in conn.execute("SELECT job_id FROM executions").fetchall())
+
+
+def test_a_job_enqueued_while_idle_starts_without_waiting_for_the_poll(
+    db_url: str, store: Store, workers: list[WorkerProcess]
+) -> None:
+    # The poll is an hour away: only the NOTIFY can wake this worker in time.
+    workers.append(WorkerProcess(db_url, "--poll-interval", "3600", *QUIET).started())
+    wait_until(lambda: states(store, [1, 2]) == {"succeeded": 2}, what="the periodic jobs of start-up")
+    [job] = enqueue(store, "noop")
+    wait_until(lambda: states(store, [job]) == {"succeeded": 1}, timeout=15, what="the job to run")
+    assert [e.type for e in store.events_for_job(job)] == ["enqueued", "started", "succeeded"]
+
+
+def test_a_failing_job_retries_with_growing_delays_is_discarded_and_replay_runs_it_again(
+    db_url: str, store: Store, side: psycopg.Connection[DictRow], workers: list[WorkerProcess]
+) -> None:
+    workers.append(WorkerProcess(db_url, "--poll-interval", "0.1", *QUIET).started())
+    [job] = enqueue(store, "flaky", attempts=3)
+    wait_until(lambda: states(store, [job]) == {"discarded": 1}, what="the job to be discarded")
+
+    events = store.events_for_job(job)
+    assert [e.type for e in events] == ["enqueued", *["started", "failed"] * 2, "started", "discarded"]
+    delays = [(datetime.fromisoformat(e.data["run_at"]) - e.at).total_seconds() for e in events if e.type == "failed"]
+    assert delays[0] < delays[1], f"backoff grows: {delays}"
+    assert all(e.data["error"] == "RuntimeError: upstream is down" for e in events if e.type in {"failed", "discarded"})
+    assert "Traceback" in events[-1].metadata["traceback"]
+    assert "attempt failed" in workers[0].log and '"will_retry": false' in workers[0].log
+
+    listed = ledger("failed", url=db_url)
+    assert listed.stdout.startswith(f"id={job} kind=flaky attempt=3/3 ")
+
+    side.execute("CREATE TABLE fixed ()")
+    assert ledger("replay", str(job), "--reason", "fixed", url=db_url).returncode == 0
+    wait_until(lambda: states(store, [job]) == {"succeeded": 1}, what="the replayed job to succeed")
+    assert [e.type for e in store.events_for_job(job)][-3:] == ["replayed", "started", "succeeded"]
+    assert ledger("failed", url=db_url).stdout == "no discarded jobs found\n"
+
+
+def test_sigterm_lets_jobs_in_flight_finish_and_records_them(
+    db_url: str, store: Store, side: psycopg.Connection[DictRow], workers: list[WorkerProcess]
+) -> None:
+    w = WorkerProcess(db_url, "--shutdown-timeout", "30", *QUIET).started()
+    workers.append(w)
+    ids = enqueue(store, "sleep", 5, {"seconds": 1.5})
+    wait_until(lambda: states(store, ids) == {"running": 5}, what="five running jobs")
+    w.signal(signal.SIGTERM)
+    assert w.stop() == 0, w.log
+    assert states(store, ids) == {"succeeded": 5}
+    assert "worker stopped" in w.log
+    assert executions(side) == dict.fromkeys(ids, 1)
+
+
+def test_a_second_signal_abandons_running_jobs_to_the_rescue(
+    db_url: str, store: Store, side: psycopg.Connection[DictRow], workers: list[WorkerProcess]
+) -> None:
+    w = WorkerProcess(db_url, *QUIET, name="quitter").started()
+    workers.append(w)
+    ids = enqueue(store, "sleep", 2, {"seconds": 30})
+    wait_until(lambda: states(store, ids) == {"running": 2}, what="two running jobs")
+    w.signal(signal.SIGINT)
+    w.wait_for("worker stopping")
+    w.signal(signal.SIGINT)
+    assert w.stop() == 1
+    assert "abandoning 2 job(s)" in w.log and "worker stopped" in w.log
+    # Its heartbeat is gone, so a rescue now returns both to work without waiting for the lease.
+    rescued = store.rescue()
+    assert sorted(j.id for j in rescued) == ids
+    assert all(j.state == "retryable" for j in rescued)
+
+
+def test_sigkill_mid_job_a_second_worker_rescues_and_runs_the_jobs(
+    db_url: str, store: Store, side: psycopg.Connection[DictRow], workers: list[WorkerProcess]
+) -> None:
+    doomed = WorkerProcess(db_url, "--lease", "2", *QUIET, name="doomed").started()
+    workers.append(doomed)
+    ids = enqueue(store, "sleep", 4, {"seconds": 3})
+    wait_until(lambda: states(store, ids) == {"running": 4}, what="four running jobs")
+    doomed.kill()
+
+    rescuer = WorkerProcess(db_url, "--rescue-every", "1", "--poll-interval", "0.2", name="rescuer").started()
+    workers.append(rescuer)
+    wait_until(lambda: states(store, ids) == {"succeeded": 4}, timeout=40, what="rescued jobs to succeed")
+    for job in ids:
+        kinds = [e.type for e in store.events_for_job(job)]
+        assert kinds == ["enqueued", "started", "rescued", "started", "succeeded"]
+        rescued = next(e for e in store.events_for_job(job) if e.type == "rescued")
+        assert rescued.data["worker"] == "doomed" and "vanished" in rescued.data["error"]
+    # The killed attempts never reached the side table: each body completed once, on the rescuer.
+    assert executions(side) == dict.fromkeys(ids, 1)
+    assert rescuer.stop() == 0
+
+
+def test_three_workers_run_each_of_three_thousand_jobs_exactly_once(
+    db_url: str, store: Store, side: psycopg.Connection[DictRow], workers: list[WorkerProcess]
+) -> None:
+    workers.extend(WorkerProcess(db_url, "--queues", "default=8", *QUIET, name=f"w{i}").started() for i in range(3))
+    ids = store.enqueue_many([("sleep", {}, "default", 5, 5, None)] * 3000)
+    wait_until(lambda: states(store, ids)["succeeded"] == 3000, timeout=120, what="3000 jobs to succeed")
+    counts = executions(side)
+    assert set(counts) == set(ids) and set(counts.values()) == {1}
+    by_worker = Counter(r["worker"] for r in side.execute("SELECT worker FROM executions").fetchall())
+    assert set(by_worker) == {"w0", "w1", "w2"}, "all three workers took part"
+    for w in workers:
+        assert w.stop() == 0
+    assert store.projections_diff() == []
+
+
+def test_periodic_jobs_are_enqueued_once_per_period_with_two_workers(
+    db_url: str, store: Store, workers: list[WorkerProcess]
+) -> None:
+    args = ["--heartbeat-every", "1", "--rescue-every", "3600"]
+    workers.extend(WorkerProcess(db_url, *args, name=n).started() for n in ("p1", "p2"))
+    wait_until(
+        lambda: (
+            store.conn.execute("SELECT count(*) AS n FROM ledger.jobs WHERE kind = 'heartbeat'").fetchone()["n"]  # type: ignore[index]
+            >= 5
+        ),
+        what="five heartbeat periods",
+    )
+    for w in workers:
+        assert w.stop() == 0
+    per_second = store.conn.execute(
+        "SELECT date_trunc('second', created_at) AS s, count(*) AS n FROM ledger.jobs "
+        "WHERE kind = 'heartbeat' GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    assert [r["n"] for r in per_second] == [1] * len(per_second)
+    assert "worker heartbeat" in workers[0].log + workers[1].log
+
+
+def test_the_worker_reconnects_after_the_database_restarts_and_drains_the_queue(
+    tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    from ledger.embedded import ensure_server, stop_server
+
+    data = tmp_path / "db"
+    url = ensure_server(data)
+    env = {"LEDGER_DATA_DIR": str(data)}
+    w = WorkerProcess(None, "--poll-interval", "0.2", *QUIET, env=env).started()
+    workers.append(w)
+    with connect(url) as c:
+        c.execute(SIDE_TABLE)
+        before = enqueue(Store(c), "sleep", 6, {"seconds": 1})
+        wait_until(lambda: states(Store(c), before)["running"] >= 1, what="jobs in flight")
+    try:
+        stop_server(data)
+        w.wait_for("database unavailable", timeout=60)
+        url = ensure_server(data)
+        with connect(url) as c:
+            after = enqueue(Store(c), "noop", 20)
+            wait_until(
+                lambda: states(Store(c), before + after) == {"succeeded": 26}, timeout=60, what="the queue to drain"
+            )
+        w.wait_for("listener reconnected")
+        assert w.stop() == 0
+    finally:
+        stop_server(data)

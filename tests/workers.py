@@ -1,0 +1,77 @@
+"""Helpers to run `ledger worker` as a real subprocess and wait on what it does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class WorkerProcess:
+    """`ledger worker --app tests.jobapp` with its stderr collected line by line."""
+
+    def __init__(self, url: str | None, *args: str, env: dict[str, str] | None = None, name: str = "w") -> None:
+        full_env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "LEDGER_ENV"}}
+        if url is not None:
+            full_env["DATABASE_URL"] = url
+        full_env["PYTHONPATH"] = str(ROOT)
+        full_env["LEDGER_WORKER_ID"] = name
+        full_env.update(env or {})
+        self.name = name
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ledger", "worker", "--app", "tests.jobapp", *args],
+            env=full_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> None:
+        wait_until(lambda: text in self.log or self.proc.poll() is not None, timeout, f"{text!r} in the log")
+        assert text in self.log, f"worker exited ({self.proc.returncode}) before logging {text!r}:\n{self.log}"
+
+    def started(self, listening: bool = True) -> WorkerProcess:
+        self.wait_for("listener listening" if listening else "worker started")
+        return self
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

@@ -1,0 +1,56 @@
+"""`ledger worker`: the worker's command, plugged into the `ledger` CLI by entry point."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import typer
+
+__all__ = ["worker"]
+
+
+def worker(
+    queues: str | None = typer.Option(None, help="Queues and concurrency, e.g. default=10,mail=2."),
+    poll_interval: float | None = typer.Option(None, help="Seconds between safety-net polls."),
+    poll_only: bool | None = typer.Option(None, "--poll-only/--listen", help="Poll without LISTEN/NOTIFY."),
+    shutdown_timeout: float | None = typer.Option(None, help="Seconds jobs get to finish on SIGTERM."),
+    lease: float | None = typer.Option(None, help="Seconds without heartbeat before jobs are rescued."),
+    heartbeat_every: float | None = typer.Option(None, help="Period of the heartbeat job, seconds."),
+    rescue_every: float | None = typer.Option(None, help="Period of the orphan rescue job, seconds."),
+    app_module: str | None = typer.Option(None, "--app", help="Module that registers your job kinds (or LEDGER_APP)."),
+) -> None:
+    """Run the worker: claim jobs of the queues, run them, record outcomes, until SIGTERM/SIGINT."""
+    import anyio
+    from pydantic import ValidationError
+
+    from ledger.cli import fail, load_app
+    from ledger.db import database_url
+    from ledger.errors import LedgerError
+    from ledger.kinds import default_registry, format_validation_error
+
+    from .config import WorkerConfig
+    from .runtime import Worker
+
+    load_app(app_module)
+    given: dict[str, Any] = {
+        "queues": queues, "poll_interval": poll_interval, "poll_only": poll_only,
+        "shutdown_timeout": shutdown_timeout, "lease": lease,
+        "heartbeat_every": heartbeat_every, "rescue_every": rescue_every,
+    }  # fmt: skip
+    try:
+        config = WorkerConfig(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        fail(f"invalid worker configuration: {format_validation_error(exc)}", 2)
+    logging.getLogger().setLevel(logging.INFO)
+    try:
+        url = database_url()
+        code = anyio.run(Worker(config, default_registry, url).run)
+    except LedgerError as exc:
+        fail(str(exc))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Threads of abandoned sync jobs must not hold the process open.
+    os._exit(code)

@@ -1,0 +1,73 @@
+"""Worker configuration: environment (LEDGER_WORKER_*) first, command-line options over it."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["WorkerConfig", "parse_queues"]
+
+
+def _default_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def parse_queues(spec: str) -> dict[str, int]:
+    """`default=10,mail=2` -> {"default": 10, "mail": 2}; a bare name gets concurrency 10."""
+    queues: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, n = part.partition("=")
+        try:
+            limit = int(n) if n else 10
+        except ValueError:
+            raise ValueError(f"queue {name!r}: concurrency {n!r} is not a whole number") from None
+        if limit < 1:
+            raise ValueError(f"queue {name!r}: concurrency must be at least 1")
+        queues[name.strip()] = limit
+    if not queues:
+        raise ValueError("at least one queue is needed, e.g. default=10")
+    return queues
+
+
+class WorkerConfig(BaseSettings):
+    """What a worker serves and how it paces itself."""
+
+    model_config = SettingsConfigDict(env_prefix="LEDGER_WORKER_", extra="ignore")
+
+    queues: str = "default=10"
+    """Queues and their concurrency: `default=10,mail=2`."""
+    poll_interval: float = Field(1.0, gt=0)
+    """Seconds between safety-net polls (jittered ±10%); NOTIFY wakes the worker sooner."""
+    poll_only: bool = False
+    """No LISTEN: for transaction-pooling proxies that cannot hold a listening session."""
+    shutdown_timeout: float = Field(30.0, ge=0)
+    """Seconds running jobs get to finish after SIGTERM/SIGINT before they are abandoned to the rescue."""
+    lease: float = Field(30.0, ge=2)
+    """Seconds a worker's jobs stay safe from rescue without a heartbeat; renewed every lease/3."""
+    heartbeat_every: float = Field(60.0, ge=1)
+    """Period of the `heartbeat` job."""
+    rescue_every: float = Field(30.0, ge=1)
+    """Period of the orphan rescue job."""
+    id: str = Field(default_factory=_default_id)
+    """This worker's name in events and the workers table."""
+
+    @field_validator("queues")
+    @classmethod
+    def _queues_parse(cls, value: str) -> str:
+        parse_queues(value)
+        return value
+
+    @property
+    def queue_limits(self) -> dict[str, int]:
+        return parse_queues(self.queues)
+
+    def describe(self) -> str:
+        return (
+            f"worker {self.id}: queues={self.queues} poll_interval={self.poll_interval}s "
+            f"poll_only={self.poll_only} lease={self.lease}s shutdown_timeout={self.shutdown_timeout}s "
+            f"heartbeat_every={self.heartbeat_every}s rescue_every={self.rescue_every}s"
+        )

@@ -1,0 +1,106 @@
+"""The executor: run one claimed job's handler and turn what happened into an Outcome.
+
+Async handlers run on the event loop; sync ones in a worker thread. A
+per-kind timeout cancels an attempt that runs too long and counts it as a
+failure. A sync handler cannot be interrupted: on timeout the worker stops
+waiting for its thread and records the failure, and the thread finishes on
+its own. Nothing here touches the database.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import anyio
+import anyio.to_thread
+from pydantic import ValidationError
+
+from ledger.errors import UnknownKind
+from ledger.kinds import JobCancel, JobContext, JobDiscard, JobSnooze, Registry, format_validation_error
+from ledger.models import Job
+
+__all__ = ["Outcome", "execute"]
+
+OutcomeKind = Literal["succeeded", "failed", "discarded", "snoozed", "cancelled"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an attempt came to, ready for the completer to record."""
+
+    job: Job
+    kind: OutcomeKind
+    duration: float
+    error: str | None = None
+    traceback: str | None = None
+    retry_at: datetime | None = None
+    """For a failure: when to retry (None: the schema's default backoff)."""
+    run_at: datetime | None = None
+    """For a snooze: when to run again."""
+    exception: BaseException | None = field(default=None, compare=False)
+
+    @property
+    def will_retry(self) -> bool:
+        return self.kind == "failed" and self.job.attempt < self.job.max_attempts
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def execute(job: Job, registry: Registry, worker: str, database_url: str) -> Outcome:
+    """Run `job` to an Outcome; never raises for anything the handler does."""
+    started = time.monotonic()
+
+    def done(kind: OutcomeKind, **kw: Any) -> Outcome:
+        return Outcome(job=job, kind=kind, duration=time.monotonic() - started, **kw)
+
+    def failure(exc: BaseException, message: str | None = None, *, discard: bool = False) -> Outcome:
+        retry_at = None
+        kind = registry.kinds.get(job.kind)
+        if kind is not None and kind.backoff is not None:
+            retry_at = datetime.now(UTC) + timedelta(seconds=kind.backoff(job.attempt))
+        return done(
+            "discarded" if discard else "failed",
+            error=message or _error_text(exc),
+            traceback="".join(traceback.format_exception(exc)),
+            retry_at=retry_at,
+            exception=exc,
+        )
+
+    try:
+        kind = registry.get(job.kind)
+        try:
+            args = kind.args_model.model_validate(job.args)
+        except ValidationError as exc:
+            return failure(exc, f"invalid args for job kind {job.kind!r}: {format_validation_error(exc)}")
+        if kind.handler is None:
+            raise UnknownKind(f"job kind {job.kind!r} has no handler in this worker")
+        ctx = JobContext(args=args, job=job, worker=worker, database_url=database_url)
+        handler = kind.handler
+        with anyio.fail_after(kind.timeout):
+            if inspect.iscoroutinefunction(handler):
+                await handler(ctx)
+            else:
+                result = await anyio.to_thread.run_sync(handler, ctx, abandon_on_cancel=True)
+                if inspect.isawaitable(result):
+                    await result
+        return done("succeeded")
+    except JobSnooze as s:
+        return done("snoozed", run_at=s.run_at)
+    except JobCancel as c:
+        return done("cancelled", error=c.reason)
+    except JobDiscard as d:
+        return failure(d, d.reason, discard=True)
+    except TimeoutError as exc:
+        seconds = registry.kinds[job.kind].timeout if job.kind in registry.kinds else 0
+        return failure(exc, f"timed out after {seconds:g}s")
+    except anyio.get_cancelled_exc_class():
+        raise  # the worker is abandoning this attempt; the rescue will return it to work
+    except Exception as exc:
+        return failure(exc)

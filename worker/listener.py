@@ -1,0 +1,59 @@
+"""The listener: one dedicated connection LISTENing on the worker's queue channels.
+
+It only wakes the fetch loop; it never claims. Keeping LISTEN off the
+connection that queries means a notification is read the moment it arrives,
+not after whatever query happens to be running.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import anyio
+import psycopg
+from psycopg import sql
+
+__all__ = ["Listener", "channel"]
+
+log = logging.getLogger(__name__)
+
+
+def channel(queue: str) -> str:
+    """The NOTIFY channel of a queue (schema.sql: 'ledger.' || queue)."""
+    return f"ledger.{queue}"
+
+
+class Listener:
+    def __init__(self, url: str, queues: Sequence[str], wake: Callable[[], None]) -> None:
+        self.url = url
+        self.queues = list(queues)
+        self.wake = wake
+        self.connected = anyio.Event()
+
+    async def run(self) -> None:
+        """Listen until cancelled; on a lost connection, reconnect with backoff and keep going."""
+        delay = 0.25
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    for q in self.queues:
+                        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel(q))))
+                    log.info(
+                        "listener %s" % ("reconnected" if delay > 0.25 else "listening"),
+                        extra={"channels": [channel(q) for q in self.queues]},
+                    )
+                    delay = 0.25
+                    self.connected.set()
+                    self.wake()  # notifications may have been missed while away
+                    async for _ in conn.notifies():
+                        self.wake()
+            except psycopg.OperationalError as exc:
+                log.warning(
+                    "listener lost the database; reconnecting in %.2fs",
+                    delay,
+                    extra={"error": str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__},
+                )
+                self.wake()  # the poll keeps working meanwhile
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 10.0)
