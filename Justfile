@@ -28,3 +28,7 @@ migrate:
 # Stop the embedded development server.
 db-stop:
     ledger db stop
+
+# Serve the web app under gunicorn on port 8000 (LEDGER_WEB_PORT to change).
+web *ARGS:
+    gunicorn -c web/gunicorn_conf.py {{ARGS}} web.wsgi:app

@@ -121,6 +121,24 @@ CREATE TABLE ledger.periodic (
     last_job_id  bigint
 );
 
+-- Metrics: histograms of pickup latency and run time per kind, folded
+-- incrementally from completion events after a cursor, so a scrape costs
+-- work in proportion to what happened since the last one, not to history.
+CREATE TABLE ledger.metrics_cursor (
+    id        int PRIMARY KEY CHECK (id = 1),
+    position  bigint NOT NULL
+);
+INSERT INTO ledger.metrics_cursor VALUES (1, 0);
+
+CREATE TABLE ledger.metrics_histogram (
+    metric  text NOT NULL,              -- 'wait' (due -> started) or 'run' (started -> outcome)
+    kind    text NOT NULL,
+    le      float8 NOT NULL,            -- bucket upper bound in seconds; 'Infinity' counts all
+    count   bigint NOT NULL DEFAULT 0,
+    sum     float8 NOT NULL DEFAULT 0,  -- meaningful on the 'Infinity' row only
+    PRIMARY KEY (metric, kind, le)
+);
+
 -- ---------------------------------------------------------------- indexes
 
 -- The claim: claimable rows of a queue in the order they are taken.
@@ -595,6 +613,75 @@ BEGIN
     job_id := ledger.job_enqueue(kind, args, queue, priority, max_attempts, NULL, jsonb_build_object('periodic', periodic_enqueue.name));
     UPDATE ledger.periodic p SET last_job_id = job_id WHERE p.name = periodic_enqueue.name;
     RETURN job_id;
+END $$;
+
+-- Fold the completion events since the cursor into the histograms. One
+-- caller at a time (advisory lock); events younger than `settle` wait for
+-- the next call so that a transaction committing late is less likely to be
+-- skipped (positions are assigned before commit, so a long transaction can
+-- still commit below the cursor: the histograms are a close count, not exact).
+CREATE FUNCTION ledger.metrics_refresh(settle interval DEFAULT '2 seconds')
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    from_position bigint;
+    to_position bigint;
+    buckets float8[] := '{0.001,0.0025,0.005,0.01,0.025,0.05,0.1,0.25,0.5,1,2.5,5,10,30,60,300,Infinity}';
+BEGIN
+    PERFORM pg_advisory_xact_lock(1835364);
+    SELECT position INTO from_position FROM ledger.metrics_cursor WHERE id = 1;
+    SELECT coalesce(max(position), from_position) INTO to_position
+    FROM ledger.events WHERE position > from_position AND at <= now() - settle;
+    IF to_position <= from_position THEN
+        RETURN 0;
+    END IF;
+    WITH done AS (
+        SELECT j.kind,
+               (e.metadata->>'wait_ms')::float8 / 1000 AS wait_s,
+               (e.metadata->>'duration_ms')::float8 / 1000 AS run_s
+        FROM ledger.events e JOIN ledger.jobs j ON j.id = e.job_id
+        WHERE e.position > from_position AND e.position <= to_position
+          AND e.type IN ('succeeded', 'failed', 'discarded', 'snoozed', 'cancelled')
+          AND e.metadata ? 'duration_ms'
+    ), samples AS (
+        SELECT 'wait' AS metric, kind, wait_s AS v FROM done WHERE wait_s IS NOT NULL
+        UNION ALL
+        SELECT 'run', kind, run_s FROM done
+    )
+    INSERT INTO ledger.metrics_histogram AS h (metric, kind, le, count, sum)
+    SELECT s.metric, s.kind, b.le, count(*) FILTER (WHERE s.v <= b.le), CASE WHEN b.le = 'Infinity' THEN sum(s.v) ELSE 0 END
+    FROM samples s CROSS JOIN unnest(buckets) AS b(le)
+    GROUP BY s.metric, s.kind, b.le
+    ON CONFLICT (metric, kind, le) DO UPDATE SET count = h.count + excluded.count, sum = h.sum + excluded.sum;
+    UPDATE ledger.metrics_cursor SET position = to_position WHERE id = 1;
+    RETURN to_position - from_position;
+END $$;
+
+-- Jobs per state and queue, cheap with millions of jobs: the states a job
+-- passes through are counted exactly (their rows are the backlog, found
+-- through jobs_state_idx). The finished states grow without bound: below
+-- 100k jobs (or before the table has statistics) they are counted exactly
+-- too; above, estimated from the planner's statistics (exact = false,
+-- queue '*').
+CREATE FUNCTION ledger.job_counts()
+RETURNS TABLE (state ledger.job_state, queue text, count bigint, exact boolean)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    rows_estimate float8 := (SELECT reltuples FROM pg_class WHERE oid = 'ledger.jobs'::regclass);
+BEGIN
+    IF rows_estimate < 100000 THEN
+        RETURN QUERY SELECT j.state, j.queue, count(*), true FROM ledger.jobs j GROUP BY 1, 2 ORDER BY 1, 2;
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT j.state, j.queue, count(*), true FROM ledger.jobs j
+    WHERE j.state IN ('scheduled', 'available', 'running', 'retryable')
+    GROUP BY j.state, j.queue
+    UNION ALL
+    SELECT v.state::ledger.job_state, '*', round(rows_estimate * v.freq)::bigint, false
+    FROM (SELECT unnest(s.most_common_vals::text::text[]) AS state, unnest(s.most_common_freqs) AS freq
+          FROM pg_stats s WHERE s.schemaname = 'ledger' AND s.tablename = 'jobs' AND s.attname = 'state') v
+    WHERE v.state IN ('succeeded', 'cancelled', 'discarded')
+    ORDER BY 1, 2;
 END $$;
 
 -- Fold every job's events from scratch. What the projections must equal.

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .db import connect, database_url
 from .errors import InvalidArguments, refusals
-from .kinds import Registry, default_registry, format_validation_error
+from .kinds import Registry, default_registry, error_fields, format_validation_error
 from .queries import query
 from .store import EnqueueRow, enqueue_params
 
@@ -38,7 +38,7 @@ def _request(item: JobRequest | Mapping[str, Any]) -> JobRequest:
     try:
         return JobRequest.model_validate(item)
     except ValidationError as exc:
-        raise InvalidArguments(f"invalid job: {format_validation_error(exc)}") from None
+        raise InvalidArguments(f"invalid job: {format_validation_error(exc)}", error_fields(exc)) from None
 
 
 def prepare(registry: Registry, items: Iterable[JobRequest | Mapping[str, Any]]) -> list[EnqueueRow]:
@@ -48,7 +48,9 @@ def prepare(registry: Registry, items: Iterable[JobRequest | Mapping[str, Any]])
         req = _request(item)
         kind = registry.get(req.kind)
         if req.run_at is not None and req.run_at.tzinfo is None:
-            raise InvalidArguments("field 'run_at': must carry a time zone (e.g. 2026-01-01T09:00:00+00:00)")
+            raise InvalidArguments(
+                "field 'run_at': must carry a time zone (e.g. 2026-01-01T09:00:00+00:00)", ["run_at"]
+            )
         rows.append(
             (
                 req.kind,

@@ -90,8 +90,9 @@ def ensure_server(data_dir: Path) -> str:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone()
         if not exists:
-            # Another process may create it first; either way it exists after.
-            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+            # Another process may create it at the same moment (seen with two gunicorn
+            # workers: a UniqueViolation on pg_database); either way it exists after.
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
                 conn.execute(f'CREATE DATABASE "{DATABASE}"')  # constant identifier
     url: str = server.get_uri(database=DATABASE)
     return url

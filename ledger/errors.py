@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -38,7 +39,17 @@ class UnknownKind(LedgerError):
 
 
 class InvalidArguments(LedgerError):
-    """Arguments or options that do not validate; the message names the field."""
+    """Arguments or options that do not validate; the message names the field(s)."""
+
+    def __init__(self, message: str, fields: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.fields = fields if fields is not None else _leading_field(message)
+
+
+def _leading_field(message: str) -> list[str]:
+    """schema.sql's LG004 messages start with the field: `priority 12: must be ...`."""
+    match = re.match(r"(?:field )?'?([A-Za-z_][\w.]*)'?[ :]", message)
+    return [match.group(1)] if match else []
 
 
 class IllegalTransition(LedgerError):

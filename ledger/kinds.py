@@ -29,6 +29,7 @@ __all__ = [
     "Registry",
     "builtin_registry",
     "default_registry",
+    "error_fields",
     "format_validation_error",
 ]
 
@@ -125,13 +126,14 @@ ErrorHook = Callable[[Job, BaseException, bool], Any]
 """Called after every failed attempt with (job, error, will_retry)."""
 
 
+def error_fields(exc: ValidationError) -> list[str]:
+    """The dotted names of the fields a pydantic error is about."""
+    return [".".join(str(p) for p in err["loc"]) or "(root)" for err in exc.errors()]
+
+
 def format_validation_error(exc: ValidationError) -> str:
     """`field 'to': Field required; field 'n': ...` from a pydantic error."""
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"field {where!r}: {err['msg']}")
-    return "; ".join(parts)
+    return "; ".join(f"field {f!r}: {err['msg']}" for f, err in zip(error_fields(exc), exc.errors(), strict=True))
 
 
 @dataclass
@@ -196,7 +198,10 @@ class Registry:
         try:
             model = kind.args_model.model_validate(args if args is not None else {})
         except ValidationError as exc:
-            raise InvalidArguments(f"invalid args for job kind {name!r}: {format_validation_error(exc)}") from None
+            raise InvalidArguments(
+                f"invalid args for job kind {name!r}: {format_validation_error(exc)}",
+                [f"args.{f}" for f in error_fields(exc)],
+            ) from None
         dumped: dict[str, Any] = model.model_dump(mode="json")
         return dumped
 

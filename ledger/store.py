@@ -66,6 +66,23 @@ class Store:
         rows = self._rows("discarded_list", {"kind": kind, "queue": queue, "limit": limit})
         return [DiscardedJob.model_validate(r) for r in rows]
 
+    def jobs(
+        self,
+        *,
+        state: str | None = None,
+        kind: str | None = None,
+        queue: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Jobs newest first, filtered; pass the last id of a page as `before` for the next."""
+        params = {"state": state, "kind": kind, "queue": queue, "before": before, "limit": limit}
+        return [Job.model_validate(r) for r in self._rows("jobs_list", params)]
+
+    def job_counts(self) -> list[DictRow]:
+        """(state, queue, count, exact) cheaply: see ledger.job_counts() in schema.sql."""
+        return self._rows("job_counts", {})
+
     def counts_by_state(self) -> list[StateCount]:
         return [StateCount.model_validate(r) for r in self._rows("counts_by_state", {})]
 

@@ -37,6 +37,9 @@ class Completer:
 
     def _statement(self, o: Outcome) -> tuple[str, dict[str, Any]]:
         meta: dict[str, Any] = {"worker": self.worker, "duration_ms": round(o.duration * 1000, 3)}
+        if o.job.attempted_at is not None:
+            # How long the job waited from due to started: the pickup latency that /metrics reports.
+            meta["wait_ms"] = round(max((o.job.attempted_at - o.job.run_at).total_seconds(), 0) * 1000, 3)
         if o.traceback:
             meta["traceback"] = o.traceback
         base = command_params(o.job.id, o.job.version, meta)

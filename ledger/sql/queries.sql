@@ -59,3 +59,25 @@ SELECT ledger.worker_heartbeat(%(worker)s, %(lease)s) AS expires_at;
 
 -- name: worker_stop
 SELECT ledger.worker_stop(%(worker)s);
+
+-- name: jobs_list
+-- Newest first; keyset pagination on id (pass the last id seen as `before`).
+SELECT * FROM ledger.jobs
+WHERE (%(state)s::ledger.job_state IS NULL OR state = %(state)s::ledger.job_state)
+  AND (%(kind)s::text IS NULL OR kind = %(kind)s)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(before)s::bigint IS NULL OR id < %(before)s)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: job_counts
+SELECT * FROM ledger.job_counts();
+
+-- name: metrics_refresh
+SELECT ledger.metrics_refresh() AS events;
+
+-- name: metrics_histogram
+SELECT metric, kind, le, count, sum FROM ledger.metrics_histogram ORDER BY metric, kind, le;
+
+-- name: events_appended
+SELECT coalesce(max(position), 0) AS total FROM ledger.events;

@@ -1,0 +1,119 @@
+"""The JSON API: list, read, enqueue, replay and cancel jobs; counts by state and queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+from psycopg_pool import ConnectionPool
+
+from ledger.client import Client
+from ledger.errors import InvalidArguments
+from ledger.kinds import Registry
+from ledger.states import JobState
+from ledger.store import Store
+
+__all__ = ["CountsResource", "JobActionResource", "JobResource", "JobsResource", "list_params"]
+
+MAX_PAGE = 500
+
+
+def _int_param(req: falcon.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = req.get_param(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidArguments(f"{name} {raw!r}: must be a whole number", [name]) from None
+    if not lo <= value <= hi:
+        raise InvalidArguments(f"{name} {value}: must be between {lo} and {hi}", [name])
+    return value
+
+
+def list_params(req: falcon.Request) -> dict[str, Any]:
+    """Validated filters of a job listing (shared by the API and the dashboard)."""
+    state = req.get_param("state") or None
+    if state is not None and state not in JobState.__members__.values():
+        raise InvalidArguments(f"state {state!r}: must be one of {', '.join(JobState)}", ["state"])
+    return {
+        "state": state,
+        "kind": req.get_param("kind") or None,
+        "queue": req.get_param("queue") or None,
+        "before": _int_param(req, "before", None, 1, 2**63 - 1),
+        "limit": _int_param(req, "limit", 50, 1, MAX_PAGE),
+    }
+
+
+class _Base:
+    area = "api"
+
+    def __init__(self, pool: ConnectionPool[Any], registry: Registry) -> None:
+        self.pool = pool
+        self.registry = registry
+
+
+def _body(req: falcon.Request) -> dict[str, Any]:
+    media = req.get_media(default_when_empty={})
+    if not isinstance(media, dict):
+        raise InvalidArguments("the body must be a JSON object", ["(body)"])
+    return media
+
+
+class JobsResource(_Base):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params = list_params(req)
+        with self.pool.connection() as conn:
+            jobs = Store(conn).jobs(**params)
+        resp.media = {
+            "jobs": [j.model_dump(mode="json") for j in jobs],
+            "next_before": jobs[-1].id if len(jobs) == params["limit"] else None,
+        }
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = _body(req)
+        with self.pool.connection() as conn:
+            [job_id] = Client(registry=self.registry).enqueue_many([body], conn=conn, metadata={"via": "api"})
+        resp.status = falcon.HTTP_201
+        resp.location = f"/api/jobs/{job_id}"
+        resp.media = {"id": job_id}
+
+
+class JobResource(_Base):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: int) -> None:
+        with self.pool.connection() as conn:
+            store = Store(conn)
+            job = store.job(job_id)
+            if job is None:
+                raise falcon.HTTPNotFound(title="job not found", description=f"job {job_id} not found")
+            events = store.events_for_job(job_id)
+        resp.media = {"job": job.model_dump(mode="json"), "events": [e.model_dump(mode="json") for e in events]}
+
+
+class JobActionResource(_Base):
+    """POST /api/jobs/{id}/replay and /cancel with an optional {"reason": "..."}; 409 when illegal."""
+
+    def __init__(self, pool: ConnectionPool[Any], registry: Registry, action: str) -> None:
+        super().__init__(pool, registry)
+        self.action = action
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: int) -> None:
+        body = _body(req)
+        reason = body.get("reason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
+            raise InvalidArguments("reason: must be a string of at most 1000 characters", ["reason"])
+        actor = body.get("by") if isinstance(body.get("by"), str) else "api"
+        with self.pool.connection() as conn:
+            store = Store(conn)
+            if self.action == "replay":
+                job = store.replay(job_id, actor=actor, reason=reason, metadata={"via": "api"})
+            else:
+                job = store.cancel(job_id, reason, metadata={"via": "api", "by": actor})
+        resp.media = {"job": job.model_dump(mode="json")}
+
+
+class CountsResource(_Base):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        with self.pool.connection() as conn:
+            rows = Store(conn).job_counts()
+        resp.media = {"counts": [{**r, "state": str(r["state"])} for r in rows]}

@@ -1,0 +1,86 @@
+"""The falcon WSGI app: `create_app(settings)` wires routes, middleware and error handlers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import falcon
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from ledger.db import connect, database_url
+from ledger.errors import ConfigError
+from ledger.kinds import Registry, default_registry
+from ledger.migrate import migrate
+from ledger.settings import Settings, get_settings
+
+from . import errors
+from .api import CountsResource, JobActionResource, JobResource, JobsResource
+from .dashboard import Dashboard
+from .openapi import document
+from .ops import EnqueueTestResource, HealthResource, MetricsResource
+from .security import BodyLimit, DashboardAuth, SecurityHeaders
+from .settings import WebSettings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).with_name("static")
+
+
+class OpenAPIResource:
+    area = "public"
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = document()
+
+
+def create_app(
+    settings: Settings | None = None,
+    web: WebSettings | None = None,
+    *,
+    pool: ConnectionPool[Any] | None = None,
+    registry: Registry = default_registry,
+) -> falcon.App[Any, Any]:
+    """The app, with a connection pool of `web.pool_size` (one per gunicorn thread)."""
+    settings = settings or get_settings()
+    web = web or WebSettings()
+    if settings.production and not web.api_token:
+        raise ConfigError("LEDGER_API_TOKEN is required in production (it protects API writes and the dashboard)")
+    debug_routes = web.debug_routes if web.debug_routes is not None else not settings.production
+    if pool is None:
+        url = database_url(settings)
+        if not settings.production:
+            with connect(url) as conn:
+                migrate(conn)
+        pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=web.pool_size,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            check=ConnectionPool.check_connection,
+            timeout=5.0,
+            open=True,
+            name="ledger-web",
+        )
+
+    middleware: list[Any] = [SecurityHeaders(), BodyLimit(web.max_body), DashboardAuth(web.api_token)]
+    app = falcon.App(middleware=middleware)
+    app.req_options.strip_url_path_trailing_slash = True
+    errors.install(app)
+
+    app.add_route("/healthz", HealthResource(pool))
+    app.add_route("/metrics", MetricsResource(pool))
+    app.add_route("/openapi.json", OpenAPIResource())
+    if debug_routes:
+        app.add_route("/debug/enqueue-test", EnqueueTestResource(pool, registry))
+    app.add_route("/api/jobs", JobsResource(pool, registry))
+    app.add_route("/api/jobs/{job_id:int(min=1)}", JobResource(pool, registry))
+    app.add_route("/api/jobs/{job_id:int(min=1)}/replay", JobActionResource(pool, registry, "replay"))
+    app.add_route("/api/jobs/{job_id:int(min=1)}/cancel", JobActionResource(pool, registry, "cancel"))
+    app.add_route("/api/counts", CountsResource(pool, registry))
+    Dashboard(pool, web.api_token).install(app)
+    app.add_static_route("/static", str(STATIC))
+    return app
