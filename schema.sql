@@ -489,6 +489,34 @@ BEGIN
     RETURN ledger._append(j, j.id, 'succeeded', '{}', metadata);
 END $$;
 
+-- Many attempts succeeded, in one statement: the worker's batch completer.
+-- A job is recorded only if it is still running at the version its claim
+-- returned; the others (cancelled or rescued meanwhile) are reported with
+-- recorded = false and left alone. Rows are locked in id order so two
+-- batches never deadlock. Restates the `succeeded` rule of ledger.fold()
+-- set-based for throughput; the rebuild check compares the two.
+CREATE FUNCTION ledger.job_succeed_many(job_ids bigint[], expected_versions int[], metadata jsonb[])
+RETURNS TABLE (job_id bigint, recorded boolean) LANGUAGE sql AS $$
+    WITH input AS (
+        SELECT t.id, t.v, t.m FROM unnest(job_ids, expected_versions, metadata) AS t(id, v, m)
+    ), locked AS (
+        SELECT j.id FROM ledger.jobs j JOIN input i ON i.id = j.id
+        WHERE j.state = 'running' AND j.version = i.v
+        ORDER BY j.id
+        FOR UPDATE OF j
+    ), done AS (
+        UPDATE ledger.jobs j
+        SET state = 'succeeded', finalized_at = now(), updated_at = now(), version = j.version + 1
+        FROM locked l WHERE j.id = l.id
+        RETURNING j.id, j.version
+    ), appended AS (
+        INSERT INTO ledger.events (job_id, version, type, at, data, metadata)
+        SELECT d.id, d.version, 'succeeded', now(), '{}', coalesce(i.m, '{}')
+        FROM done d JOIN input i ON i.id = d.id
+    )
+    SELECT i.id, d.id IS NOT NULL FROM input i LEFT JOIN done d ON d.id = i.id
+$$;
+
 -- The attempt failed: retryable at retry_at (default now + backoff) while
 -- attempts remain, else discarded into the dead-letter projection.
 -- discard => true gives up at once (an error the job knows is permanent).

@@ -104,6 +104,15 @@ class Store:
     ) -> Job:
         return self._job("job_succeed", command_params(job_id, expected_version, metadata))
 
+    def succeed_many(self, jobs: Sequence[tuple[int, int]], metadata: dict[str, Any] | None = None) -> dict[int, bool]:
+        """Record many successes at once: (job id, expected version) -> recorded?"""
+        params = {
+            "ids": [j for j, _ in jobs],
+            "versions": [v for _, v in jobs],
+            "metadata": [Jsonb(metadata or {}) for _ in jobs],
+        }
+        return {r["job_id"]: r["recorded"] for r in self._rows("job_succeed_many", params)}
+
     def fail(
         self,
         job_id: int,

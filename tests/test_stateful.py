@@ -126,6 +126,18 @@ class LedgerMachine(RuleBasedStateMachine):
             assert result.state == "succeeded"
         self.refresh()
 
+    @rule(batch=st.lists(st.tuples(jobs, st.sampled_from(["right", STALE])), min_size=1, max_size=4))
+    def succeed_many(self, batch: list[tuple[int, str]]) -> None:
+        """The worker's batch completer: each job recorded iff running at the version given."""
+        wanted = dict(batch)  # a job named twice: the last version choice counts
+        versions = {job: self.version_arg(job, which) for job, which in wanted.items()}
+        expected = {job: self.folded[job].state == "running" and wanted[job] == "right" for job in wanted}
+        before = self.n_events()
+        recorded = self.store.succeed_many([(job, v) for job, v in versions.items() if v is not None])
+        assert recorded == expected
+        assert self.n_events() == before + sum(expected.values())
+        self.refresh()
+
     @rule(job=jobs, due=st.booleans(), discard=st.booleans(), backoff=st.booleans())
     def fail(self, job: int, due: bool, discard: bool, backoff: bool) -> None:
         before = self.folded[job]

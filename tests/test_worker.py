@@ -92,7 +92,7 @@ def test_sigterm_lets_jobs_in_flight_finish_and_records_them(
     ids = enqueue(store, "sleep", 5, {"seconds": 1.5})
     wait_until(lambda: states(store, ids) == {"running": 5}, what="five running jobs")
     w.signal(signal.SIGTERM)
-    assert w.stop() == 0, w.log
+    assert w.wait() == 0, w.log
     assert states(store, ids) == {"succeeded": 5}
     assert "worker stopped" in w.log
     assert executions(side) == dict.fromkeys(ids, 1)
@@ -108,7 +108,7 @@ def test_a_second_signal_abandons_running_jobs_to_the_rescue(
     w.signal(signal.SIGINT)
     w.wait_for("worker stopping")
     w.signal(signal.SIGINT)
-    assert w.stop() == 1
+    assert w.wait() == 1
     assert "abandoning 2 job(s)" in w.log and "worker stopped" in w.log
     # Its heartbeat is gone, so a rescue now returns both to work without waiting for the lease.
     rescued = store.rescue()

@@ -64,12 +64,17 @@ class WorkerProcess:
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the process to exit on its own (after a signal the test sent)."""
         code = self.proc.wait(timeout)
         self._reader.join(5)
         return code
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """One SIGTERM (a graceful stop), then wait for the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -90,6 +90,7 @@ class Worker:
         abandoned = 0
         try:
             async with anyio.create_task_group() as services:
+                services.start_soon(self.completer.run)
                 services.start_soon(self._signals)
                 services.start_soon(self._heartbeat)
                 services.start_soon(Scheduler(pool, self.registry).run)

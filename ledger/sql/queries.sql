@@ -81,3 +81,6 @@ SELECT metric, kind, le, count, sum FROM ledger.metrics_histogram ORDER BY metri
 
 -- name: events_appended
 SELECT coalesce(max(position), 0) AS total FROM ledger.events;
+
+-- name: job_succeed_many
+SELECT * FROM ledger.job_succeed_many(%(ids)s::bigint[], %(versions)s::int[], %(metadata)s::jsonb[]);
