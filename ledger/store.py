@@ -93,10 +93,9 @@ class Store:
             return []
         return [r["id"] for r in self._rows("job_enqueue_many", enqueue_params(rows, metadata))]
 
-    def claim(
-        self, queues: Sequence[str], n: int, worker: str, *, lease: timedelta = timedelta(seconds=30)
-    ) -> list[Job]:
-        params = {"queues": list(queues), "n": n, "worker": worker, "lease": lease, "metadata": Jsonb({})}
+    def claim(self, queue: str, n: int, worker: str, *, lease: timedelta = timedelta(seconds=30)) -> list[Job]:
+        """Claim up to n due jobs of one queue (see ledger.job_claim for why one)."""
+        params = {"queue": queue, "n": n, "worker": worker, "lease": lease, "metadata": Jsonb({})}
         return [Job.model_validate(r) for r in self._rows("job_claim", params)]
 
     def succeed(
@@ -104,12 +103,14 @@ class Store:
     ) -> Job:
         return self._job("job_succeed", command_params(job_id, expected_version, metadata))
 
-    def succeed_many(self, jobs: Sequence[tuple[int, int]], metadata: dict[str, Any] | None = None) -> dict[int, bool]:
+    def succeed_many(self, jobs: Sequence[tuple[int, int]], worker: str | None = None) -> dict[int, bool]:
         """Record many successes at once: (job id, expected version) -> recorded?"""
         params = {
             "ids": [j for j, _ in jobs],
             "versions": [v for _, v in jobs],
-            "metadata": [Jsonb(metadata or {}) for _ in jobs],
+            "worker": worker,
+            "duration_ms": [None] * len(jobs),
+            "wait_ms": [None] * len(jobs),
         }
         return {r["job_id"]: r["recorded"] for r in self._rows("job_succeed_many", params)}
 

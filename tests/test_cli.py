@@ -25,7 +25,7 @@ def ledger(*args: str, url: str | None, extra_env: dict[str, str] | None = None)
 
 def discard_one(store: Store, kind: str = "heartbeat", error: str = "boom\nsecond line") -> int:
     job = store.enqueue_many([(kind, {}, "default", 5, 1, None)])[0]
-    store.claim(["default"], 1, "w")
+    store.claim("default", 1, "w")
     store.fail(job, error)
     return job
 

@@ -20,7 +20,7 @@ def test_concurrent_claims_take_every_job_exactly_once(db_url: str, store: Store
         with connect(db_url) as conn:
             s = Store(conn)
             start.wait()
-            while batch := s.claim(["q"], 7, name):
+            while batch := s.claim("q", 7, name):
                 with lock:
                     claimed.extend(j.id for j in batch)
                 for j in batch:

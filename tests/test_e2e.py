@@ -50,7 +50,7 @@ def test_the_dashboard_in_a_real_browser_replays_a_failed_job(web: Gunicorn, db_
             pytest.fail("CI must install Debian's chromium (see .ci/run)")
         pytest.skip("Debian's chromium is not installed: apt-get install chromium")
     job = store.enqueue_many([("heartbeat", {}, "default", 5, 1, None)])[0]
-    store.claim(["default"], 1, "browser-test")
+    store.claim("default", 1, "browser-test")
     store.fail(job, "ConnectionError: upstream refused", metadata={"worker": "browser-test", "duration_ms": 41.0})
     # The worker starts after the job is discarded, so only the replay can put it back in its way.
     worker = WorkerProcess(db_url, "--poll-interval", "3600", "--heartbeat-every", "3600", "--rescue-every", "3600")

@@ -24,7 +24,7 @@ def enqueue(store: Store, kind: str = "k", max_attempts: int = 3, queue: str = "
 
 def run_to_discarded(store: Store) -> int:
     job = enqueue(store, max_attempts=1)
-    store.claim(["q"], 1, "w")
+    store.claim("q", 1, "w")
     store.fail(job, "boom")
     return job
 
@@ -49,7 +49,7 @@ def test_invariant_2_projections_are_derived_and_rebuild_restores_them(
     store: Store, conn: psycopg.Connection[DictRow]
 ) -> None:
     a, b, c = (enqueue(store) for _ in range(3))
-    store.claim(["q"], 3, "w")
+    store.claim("q", 3, "w")
     store.succeed(a)
     store.fail(b, "boom", discard=True)
     store.cancel(c)
@@ -149,7 +149,7 @@ def _job_in_state(store: Store, state: str) -> int:
     job = enqueue(store, max_attempts=1)
     if state == "available":
         return job
-    store.claim(["q"], 1, "w")
+    store.claim("q", 1, "w")
     if state == "succeeded":
         store.succeed(job)
     elif state == "discarded":
@@ -185,10 +185,10 @@ def test_replay_returns_a_discarded_job_to_available_and_keeps_its_history(store
 
 def test_a_last_failed_attempt_is_discarded_with_every_error(store: Store) -> None:
     job = enqueue(store, max_attempts=2)
-    store.claim(["q"], 1, "w")
+    store.claim("q", 1, "w")
     retry_now = _later(store).replace(year=2000)
     assert store.fail(job, "first", retry_at=retry_now).state == "retryable"
-    store.claim(["q"], 1, "w")
+    store.claim("q", 1, "w")
     assert store.fail(job, "second").state == "discarded"
     [dead] = store.discarded()
     assert [(e["attempt"], e["error"]) for e in dead.errors] == [(1, "first"), (2, "second")]

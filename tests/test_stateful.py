@@ -112,7 +112,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def claim(self, n: int) -> None:
         due = [j for j in self.folded.values() if j.state in CLAIMABLE and j.run_at <= self.now]
         expected = [j.id for j in sorted(due, key=lambda j: (j.priority, j.run_at, j.id))[:n]]
-        claimed = self.store.claim([QUEUE], n, WORKER)
+        claimed = self.store.claim(QUEUE, n, WORKER)
         assert [j.id for j in claimed] == expected
         assert all(j.state == "running" for j in claimed)
         self.refresh()

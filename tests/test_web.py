@@ -47,7 +47,7 @@ def client(pool: ConnectionPool[Any]) -> falcon.testing.TestClient:
 
 def discarded_job(store: Store, error: str = "ValueError: boom") -> int:
     job = store.enqueue_many([("heartbeat", {}, "default", 5, 1, None)])[0]
-    store.claim(["default"], 1, "web-test-worker")
+    store.claim("default", 1, "web-test-worker")
     store.fail(
         job,
         error,
@@ -201,7 +201,7 @@ def test_the_openapi_document_lists_exactly_the_routes_the_app_serves(client: fa
 
 def test_metrics_expose_counts_events_and_histograms(client: falcon.testing.TestClient, store: Store) -> None:
     job = store.enqueue_many([("heartbeat", {}, "default", 5, 1, None)])[0]
-    store.claim(["default"], 1, "w")
+    store.claim("default", 1, "w")
     store.succeed(job, metadata={"duration_ms": 30.0, "wait_ms": 2.0})
     store.enqueue_many([("heartbeat", {}, "default", 5, 1, None)])
     store.conn.execute("SELECT ledger.metrics_refresh('0 seconds')")

@@ -16,6 +16,7 @@ def worker(
     queues: str | None = typer.Option(None, help="Queues and concurrency, e.g. default=10,mail=2."),
     poll_interval: float | None = typer.Option(None, help="Seconds between safety-net polls."),
     poll_only: bool | None = typer.Option(None, "--poll-only/--listen", help="Poll without LISTEN/NOTIFY."),
+    cycles: int | None = typer.Option(None, help="Claim/complete transactions in flight at once (default 2)."),
     shutdown_timeout: float | None = typer.Option(None, help="Seconds jobs get to finish on SIGTERM."),
     lease: float | None = typer.Option(None, help="Seconds without heartbeat before jobs are rescued."),
     heartbeat_every: float | None = typer.Option(None, help="Period of the heartbeat job, seconds."),
@@ -36,7 +37,7 @@ def worker(
 
     load_app(app_module)
     given: dict[str, Any] = {
-        "queues": queues, "poll_interval": poll_interval, "poll_only": poll_only,
+        "queues": queues, "poll_interval": poll_interval, "poll_only": poll_only, "cycles": cycles,
         "shutdown_timeout": shutdown_timeout, "lease": lease,
         "heartbeat_every": heartbeat_every, "rescue_every": rescue_every,
     }  # fmt: skip

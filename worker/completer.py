@@ -1,11 +1,13 @@
 """The completer: record each attempt's outcome through the schema's functions.
 
-Successes are batched: they queue up and one flusher task records all that
-are waiting in one statement (ledger.job_succeed_many), so under load many
-jobs share one commit (group commit), and when idle a lone success is
-recorded at once — no timer delays it. A job's slot is freed only after its
-outcome is recorded, so a graceful shutdown never loses one. Failures,
-snoozes and cancels are rarer and carry more data: one statement each.
+Successes are batched: they queue up here and the worker's next cycle
+records all that are waiting with one statement (ledger.job_succeed_many),
+in the same transaction that claims their replacements — one commit for
+both (see worker/runtime.py). Under load many jobs share a commit; when idle
+a lone success is recorded at once, no timer delays it. A job's slot is
+freed only after its outcome is recorded, so a graceful shutdown never loses
+one. Failures, snoozes and cancels are rarer and carry more data: one
+statement each.
 
 Every command carries the version the claim returned (expected_version), so
 an outcome for a job that was meanwhile rescued and re-claimed elsewhere, or
@@ -16,13 +18,14 @@ outcome is never dropped because PostgreSQL blinked.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from ledger.errors import IllegalTransition, JobNotFound, VersionConflict, refusals
@@ -40,53 +43,66 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 500
 
 
+def _wait_ms(o: Outcome) -> float | None:
+    """How long the job waited from due to started: the pickup latency that /metrics reports."""
+    if o.job.attempted_at is None:
+        return None
+    return round(max((o.job.attempted_at - o.job.run_at).total_seconds(), 0) * 1000, 3)
+
+
 class Completer:
-    def __init__(self, pool: AsyncConnectionPool[Any], registry: Registry, worker: str) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool[Any], registry: Registry, worker: str, wake: Callable[[], None]
+    ) -> None:
         self.pool = pool
         self.registry = registry
         self.worker = worker
-        self._pending: list[tuple[Outcome, anyio.Event]] = []
-        self._wake = anyio.Event()
+        self.wake = wake
+        self._pending: list[tuple[Outcome, asyncio.Future[None]]] = []
 
     def _meta(self, o: Outcome) -> dict[str, Any]:
         meta: dict[str, Any] = {"worker": self.worker, "duration_ms": round(o.duration * 1000, 3)}
-        if o.job.attempted_at is not None:
-            # How long the job waited from due to started: the pickup latency that /metrics reports.
-            meta["wait_ms"] = round(max((o.job.attempted_at - o.job.run_at).total_seconds(), 0) * 1000, 3)
+        wait = _wait_ms(o)
+        if wait is not None:
+            meta["wait_ms"] = wait
         if o.traceback:
             meta["traceback"] = o.traceback
         return meta
 
-    async def run(self) -> None:
-        """The flusher: record every waiting success in one statement, again and again, until cancelled."""
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            while self._pending:
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                await self._flush([o for o, _ in batch])
-                for _, done in batch:
-                    done.set()
+    def submit(self, o: Outcome) -> asyncio.Future[None]:
+        """Queue a success; the returned future resolves once it is recorded (by the worker's next cycle).
 
-    async def _flush(self, batch: list[Outcome]) -> None:
-        params = {
-            "ids": [o.job.id for o in batch],
-            "versions": [o.job.version for o in batch],
-            "metadata": [Jsonb(self._meta(o)) for o in batch],
+        A bare asyncio future rather than an anyio.Event: one is made per job.
+        """
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((o, done))
+        self.wake()
+        return done
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def take(self) -> list[tuple[Outcome, asyncio.Future[None]]]:
+        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        return batch
+
+    def put_back(self, batch: list[tuple[Outcome, asyncio.Future[None]]]) -> None:
+        self._pending[:0] = batch
+
+    def succeed_params(self, batch: list[tuple[Outcome, asyncio.Future[None]]]) -> dict[str, Any]:
+        """Parameters of job_succeed_many for a batch taken from the queue (plain arrays, no JSON)."""
+        return {
+            "ids": [o.job.id for o, _ in batch],
+            "versions": [o.job.version for o, _ in batch],
+            "worker": self.worker,
+            "duration_ms": [round(o.duration * 1000, 3) for o, _ in batch],
+            "wait_ms": [_wait_ms(o) for o, _ in batch],
         }
-        delay = 0.1
-        while True:
-            try:
-                async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-                    await cur.execute(query("job_succeed_many"), params)
-                    rows = await cur.fetchall()
-                break
-            except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
-                log.warning("database unavailable while recording %d success(es); retrying in %.1fs: %s",
-                            len(batch), delay, exc)  # fmt: skip
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        by_id = {o.job.id: o for o in batch}
+
+    def settle(self, batch: list[tuple[Outcome, asyncio.Future[None]]], rows: list[dict[str, Any]]) -> None:
+        """After the cycle committed: log refusals and release the waiting jobs."""
+        by_id = {o.job.id: o for o, _ in batch}
         for r in rows:
             o = by_id[r["job_id"]]
             if not r["recorded"]:
@@ -96,6 +112,9 @@ class Completer:
                 )  # fmt: skip
             elif log.isEnabledFor(logging.DEBUG):
                 self._log(o, None)
+        for _, done in batch:
+            if not done.done():
+                done.set_result(None)
 
     def _statement(self, o: Outcome) -> tuple[str, dict[str, Any]]:
         base = command_params(o.job.id, o.job.version, self._meta(o))
@@ -112,10 +131,7 @@ class Completer:
 
     async def record(self, o: Outcome) -> None:
         if o.kind == "succeeded":
-            done = anyio.Event()
-            self._pending.append((o, done))
-            self._wake.set()
-            await done.wait()
+            await self.submit(o)
             return
         statement, params = self._statement(o)
         delay = 0.1

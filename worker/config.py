@@ -42,6 +42,9 @@ class WorkerConfig(BaseSettings):
     """Queues and their concurrency: `default=10,mail=2`."""
     poll_interval: float = Field(1.0, gt=0)
     """Seconds between safety-net polls (jittered ±10%); NOTIFY wakes the worker sooner."""
+    cycles: int = Field(2, ge=1, le=8)
+    """Cycles (record successes + claim, one transaction each) in flight at once: 2 keeps both of
+    PostgreSQL's cores busy while one cycle commits."""
     poll_only: bool = False
     """No LISTEN: for transaction-pooling proxies that cannot hold a listening session."""
     shutdown_timeout: float = Field(30.0, ge=0)
@@ -68,6 +71,7 @@ class WorkerConfig(BaseSettings):
     def describe(self) -> str:
         return (
             f"worker {self.id}: queues={self.queues} poll_interval={self.poll_interval}s "
-            f"poll_only={self.poll_only} lease={self.lease}s shutdown_timeout={self.shutdown_timeout}s "
+            f"cycles={self.cycles} poll_only={self.poll_only} lease={self.lease}s "
+            f"shutdown_timeout={self.shutdown_timeout}s "
             f"heartbeat_every={self.heartbeat_every}s rescue_every={self.rescue_every}s"
         )

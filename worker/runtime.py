@@ -1,10 +1,12 @@
 """The worker runtime: wires listener, fetch loop, executor, completer, scheduler and shutdown.
 
-Fetching: one claim per queue with free slots, asking for exactly the free
-slots, in one round trip (ledger.job_claim). After a claim that came back
-short the queue is drained, so the loop sleeps until a NOTIFY, a finished
-job of a saturated queue, or the jittered poll wakes it: an idle worker
-costs one query per poll interval.
+The cycle: one transaction, pipelined, that records every success waiting
+in the completer (ledger.job_succeed_many) and claims, per queue with free
+slots, exactly that many jobs (ledger.job_claim). One commit pays for both
+sides, which is what lets a single process pass the commit-per-job ceiling.
+After a claim that came back short the queue is drained, so the loop sleeps
+until a NOTIFY, a finished job, or the jittered poll wakes it: an idle
+worker costs one query per poll interval.
 
 Shutdown: the first SIGTERM/SIGINT stops claiming and lets running jobs
 finish (and their outcomes be recorded) for up to shutdown_timeout; the
@@ -15,9 +17,11 @@ rescue pass return them to work. Nothing is lost either way.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import signal
+import time
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -54,18 +58,24 @@ class Worker:
         self.url = database_url
         self.limits = config.queue_limits
         self.active: Counter[str] = Counter()
+        self.reserved: Counter[str] = Counter()
         self.saturated: dict[str, bool] = dict.fromkeys(self.limits, False)
         self.running: dict[int, Job] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.in_flight = 0  # cycles between take() and settle(): their jobs are not in `running` yet
+        self.stats: Counter[str] = Counter()  # cycles, claimed, recorded, cycle_ms: logged at stop
         self.stopping = False
         self.abandoning = anyio.Event()
+        self.stop_requested = anyio.Event()
         self.idle = anyio.Event()
-        self._wake = anyio.Event()
+        self._wakes: list[anyio.Event] = []
         # The configured periods replace the built-in defaults.
         registry.periodic(HEARTBEAT, timedelta(seconds=config.heartbeat_every))
         registry.periodic(RESCUE, timedelta(seconds=config.rescue_every))
 
     def wake(self) -> None:
-        self._wake.set()
+        for event in self._wakes:
+            event.set()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -79,32 +89,41 @@ class Worker:
             min_size=2,
             max_size=max(4, min(20, total // 2 + 2)),
             kwargs={"autocommit": True},
-            check=AsyncConnectionPool.check_connection,
-            timeout=5.0,  # a claim waits at most this for a connection, then retries with backoff
+            # No check on checkout: it would cost a round trip per cycle. A broken
+            # connection fails its statement instead; the cycle retries with backoff
+            # and the pool replaces connections it finds closed.
+            timeout=5.0,  # a cycle waits at most this for a connection, then retries with backoff
             open=False,
         )
         await pool.open(wait=True, timeout=30)
         self.pool = pool
-        self.completer = Completer(pool, self.registry, self.config.id)
+        self.completer = Completer(pool, self.registry, self.config.id, self.wake)
         log.info(self.config.describe())
         abandoned = 0
         try:
             async with anyio.create_task_group() as services:
-                services.start_soon(self.completer.run)
                 services.start_soon(self._signals)
                 services.start_soon(self._heartbeat)
                 services.start_soon(Scheduler(pool, self.registry).run)
                 if not self.config.poll_only:
                     services.start_soon(Listener(self.url, list(self.limits), self.wake).run)
                 log.info("worker started", extra={"worker": self.config.id})
-                async with anyio.create_task_group() as jobs:
-                    await self._fetch_loop(jobs)
-                    abandoned = await self._drain(jobs)
+                # The cycle loops outlive claiming: while stopping they still record
+                # the outcomes of the jobs that are finishing.
+                for _ in range(self.config.cycles):
+                    services.start_soon(self._cycle_loop)
+                await self.stop_requested.wait()
+                abandoned = await self._drain()
                 services.cancel_scope.cancel()
             await self._leave()
         finally:
             await pool.close()
-        log.info("worker stopped", extra={"worker": self.config.id, "abandoned": abandoned})
+        cycles = self.stats["cycles"] or 1
+        log.info("worker stopped", extra={
+            "worker": self.config.id, "abandoned": abandoned, "cycles": self.stats["cycles"],
+            "claimed": self.stats["claimed"], "recorded_in_batches": self.stats["recorded"],
+            "mean_cycle_ms": round(self.stats["cycle_us"] / cycles / 1000, 2),
+        })  # fmt: skip
         return 1 if abandoned else 0
 
     def _migrate(self) -> None:
@@ -125,14 +144,15 @@ class Worker:
                         self.config.shutdown_timeout,
                         len(self.running),
                     )
+                    self.stop_requested.set()
                     self.wake()
                 else:
                     log.warning("second %s: abandoning %d running job(s) to the rescue", name, len(self.running))
                     self.abandoning.set()
 
-    async def _drain(self, jobs: anyio.abc.TaskGroup) -> int:
+    async def _drain(self) -> int:
         """Wait for running jobs until the timeout or a second signal; cancel (abandon) what is left."""
-        if self.running:
+        if self.running or self.in_flight:
             with anyio.move_on_after(self.config.shutdown_timeout):
                 async with anyio.create_task_group() as waiter:
 
@@ -141,9 +161,11 @@ class Worker:
                         waiter.cancel_scope.cancel()
 
                     async def until_idle() -> None:
-                        while self.running:
-                            self.idle = anyio.Event()
-                            await self.idle.wait()
+                        # A cycle in flight may still hand over claimed jobs: wait for it too.
+                        while self.running or self.in_flight:
+                            with anyio.move_on_after(0.05):
+                                self.idle = anyio.Event()
+                                await self.idle.wait()
                         waiter.cancel_scope.cancel()
 
                     waiter.start_soon(until_abandoned)
@@ -155,7 +177,8 @@ class Worker:
                 left,
                 sorted(self.running),
             )
-            jobs.cancel_scope.cancel()
+            for task in list(self.tasks):
+                task.cancel()
         return left
 
     async def _leave(self) -> None:
@@ -180,61 +203,103 @@ class Worker:
 
     # ------------------------------------------------------------ fetching
 
-    async def _fetch_loop(self, jobs: anyio.abc.TaskGroup) -> None:
+    async def _cycle_loop(self) -> None:
         delay = 0.1
-        while not self.stopping:
-            self._wake = anyio.Event()
+        slot = len(self._wakes)
+        self._wakes.append(anyio.Event())
+        while True:
+            self._wakes[slot] = wake = anyio.Event()
             try:
-                more = await self._fetch_once(jobs)
+                more = await self._cycle()
                 delay = 0.1
             except psycopg.OperationalError as exc:
-                log.warning("claim failed (database unavailable); retrying in %.1fs: %s", delay, exc)
-                with anyio.move_on_after(delay):
-                    while not self.stopping:
-                        await anyio.sleep(0.05)
+                log.warning("cycle failed (database unavailable); retrying in %.1fs: %s", delay, exc)
+                await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             if more:
                 continue
             poll = self.config.poll_interval * random.uniform(0.9, 1.1)
             with anyio.move_on_after(poll):
-                await self._wake.wait()
+                await wake.wait()
 
-    async def _fetch_once(self, jobs: anyio.abc.TaskGroup) -> bool:
-        """Claim up to the free slots of each queue; True if a queue may have more right now."""
+    async def _cycle(self) -> bool:
+        """Record waiting successes and claim into free slots, in one transaction.
+
+        True if there may be more to do right away (a queue filled every slot it asked for).
+        """
+        began = time.perf_counter()
+        batch = self.completer.take()
+        wanted: dict[str, int] = {}
+        if not self.stopping:
+            for queue, limit in self.limits.items():
+                free = limit - self.active[queue] - self.reserved[queue]
+                if free > 0:
+                    wanted[queue] = free
+                    # Reserved until this cycle's claim returns, so a concurrent cycle
+                    # cannot claim the same slots and overrun the queue's concurrency.
+                    self.reserved[queue] += free
+        if not batch and not wanted:
+            return False
+        self.in_flight += 1
+        claimed: dict[str, list[Job]] = {}
+        rows: list[Any] = []
+        try:
+            # Pipeline mode: every statement is sent before any result is read, so
+            # the whole cycle is one round trip and one commit.
+            async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+                done_cur = conn.cursor(row_factory=dict_row)
+                if batch:
+                    await done_cur.execute(query("job_succeed_many"), self.completer.succeed_params(batch), binary=True)
+                claim_curs = {q: conn.cursor(row_factory=dict_row) for q in wanted}
+                for queue, n in wanted.items():
+                    # Binary results: timestamps and arrays parse several times faster than text.
+                    await claim_curs[queue].execute(query("job_claim"), self._claim_params(queue, n), binary=True)
+                if batch:
+                    rows = await done_cur.fetchall()
+                for queue, cur in claim_curs.items():
+                    # Rows of ledger.jobs straight from the database: no need to validate them again.
+                    claimed[queue] = [Job.model_construct(**r) for r in await cur.fetchall()]
+        except BaseException:
+            self.completer.put_back(batch)
+            raise
+        finally:
+            self.in_flight -= 1
+            for queue, n in wanted.items():
+                self.reserved[queue] -= n
+        self.completer.settle(batch, rows)
+        self.stats.update(cycles=1, recorded=len(batch), claimed=sum(len(g) for g in claimed.values()),
+                          cycle_us=int((time.perf_counter() - began) * 1e6))  # fmt: skip
         more = False
-        for queue, limit in self.limits.items():
-            free = limit - self.active[queue]
-            if free <= 0 or self.stopping:
-                continue
-            claimed = await self._claim(queue, free)
-            self.saturated[queue] = len(claimed) == free
-            for job in claimed:
+        for queue, got in claimed.items():
+            self.saturated[queue] = len(got) == wanted[queue]
+            loop = asyncio.get_running_loop()
+            for job in got:
                 self.active[queue] += 1
                 self.running[job.id] = job
-                jobs.start_soon(self._run_job, job)
-            more = more or (self.saturated[queue] and self.active[queue] < limit)
-        return more
+                # A bare asyncio task per job (anyio's start_soon costs several times
+                # more); they are tracked so an abandon can cancel them.
+                task = loop.create_task(self._run_job(job))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            more = more or self.saturated[queue]
+        return more or self.completer.has_pending
 
-    async def _claim(self, queue: str, n: int) -> list[Job]:
-        params = {
-            "queues": [queue], "n": n, "worker": self.config.id,
+    def _claim_params(self, queue: str, n: int) -> dict[str, Any]:
+        return {
+            "queue": queue, "n": n, "worker": self.config.id,
             "lease": timedelta(seconds=self.config.lease), "metadata": Jsonb({}),
         }  # fmt: skip
-        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(query("job_claim"), params)
-            return [Job.model_validate(r) for r in await cur.fetchall()]
 
     async def _run_job(self, job: Job) -> None:
         try:
             outcome = await execute(job, self.registry, self.config.id, self.url)
-            # Once an outcome exists, record it even while abandoning: it is a finished fact.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(max(self.config.shutdown_timeout, 5)):
-                await self.completer.record(outcome)
+            # Once an outcome exists it is a finished fact: an abandon must not cancel
+            # its recording, which goes on (shielded) while this task ends.
+            await asyncio.shield(self.completer.record(outcome))
         finally:
             self.active[job.queue] -= 1
             self.running.pop(job.id, None)
             if not self.running:
                 self.idle.set()
-            if self.saturated.get(job.queue):
-                self.wake()
+            self.wake()

@@ -25,7 +25,7 @@ SELECT ledger.job_enqueue_many(
     %(max_attempts)s::int[], %(run_ats)s::timestamptz[], %(metadata)s) AS id;
 
 -- name: job_claim
-SELECT * FROM ledger.job_claim(%(queues)s::text[], %(n)s, %(worker)s, %(lease)s, %(metadata)s);
+SELECT * FROM ledger.job_claim(%(queue)s, %(n)s, %(worker)s, %(lease)s, %(metadata)s);
 
 -- name: job_succeed
 SELECT * FROM ledger.job_succeed(%(id)s, %(expected_version)s, %(metadata)s);
@@ -80,7 +80,10 @@ SELECT ledger.metrics_refresh() AS events;
 SELECT metric, kind, le, count, sum FROM ledger.metrics_histogram ORDER BY metric, kind, le;
 
 -- name: events_appended
-SELECT coalesce(max(position), 0) AS total FROM ledger.events;
+-- The identity's last value: O(1), where max(position) would scan (position has only a BRIN index).
+SELECT coalesce((SELECT last_value FROM pg_sequences
+                 WHERE schemaname = 'ledger' AND sequencename = 'events_position_seq'), 0) AS total;
 
 -- name: job_succeed_many
-SELECT * FROM ledger.job_succeed_many(%(ids)s::bigint[], %(versions)s::int[], %(metadata)s::jsonb[]);
+SELECT * FROM ledger.job_succeed_many(
+    %(ids)s::bigint[], %(versions)s::int[], %(worker)s, %(duration_ms)s::float8[], %(wait_ms)s::float8[]);

@@ -1,0 +1,1 @@
+"""The benchmark: ledger beside Procrastinate and PgQueuer on the same PostgreSQL (`just bench`)."""

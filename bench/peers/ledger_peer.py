@@ -1,0 +1,93 @@
+"""ledger as a benchmark peer: its real client and its real worker runtime."""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import BaseModel
+
+from bench.peers.common import DATABASE_URL, Peer, latency_probe, ping, timed, wait_for_go
+from ledger.client import AsyncClient
+from ledger.db import connect
+from ledger.kinds import JobContext, NoArgs, builtin_registry
+from ledger.logs import setup_logging
+from ledger.migrate import migrate
+from worker.config import WorkerConfig
+from worker.runtime import Worker
+
+registry = builtin_registry()
+
+
+class Ping(BaseModel):
+    key: str
+
+
+@registry.kind("noop")
+async def noop(ctx: JobContext[NoArgs]) -> None:
+    return None
+
+
+@registry.kind("ping", args=Ping)
+async def ping_job(ctx: JobContext[Ping]) -> None:
+    ping(ctx.args.key)
+
+
+def client() -> AsyncClient:
+    return AsyncClient(DATABASE_URL, registry=registry)
+
+
+async def setup() -> None:
+    with connect(DATABASE_URL) as conn:
+        migrate(conn)
+
+
+async def enqueue_single(n: str) -> None:
+    c = client()
+    started = time.perf_counter()
+    for _ in range(int(n)):
+        await c.enqueue("noop")
+    timed(int(n), started)
+    await c.close()
+
+
+async def enqueue_batch(n: str, size: str) -> None:
+    c = client()
+    batch = [{"kind": "noop"}] * int(size)
+    started = time.perf_counter()
+    for _ in range(int(n) // int(size)):
+        await c.enqueue_many(batch)
+    timed(int(n), started)
+    await c.close()
+
+
+async def fill(n: str) -> None:
+    c = client()
+    for _ in range(int(n) // 5000):
+        await c.enqueue_many([{"kind": "noop"}] * 5000)
+    await c.close()
+
+
+async def worker(concurrency: str, cycles: str = "2") -> None:
+    config = WorkerConfig(
+        queues=f"default={concurrency}", cycles=int(cycles), poll_interval=1.0,
+        heartbeat_every=3600, rescue_every=3600, id="bench",
+    )  # fmt: skip
+    setup_logging()  # INFO: start-up and the "worker stopped" line with cycle statistics
+    w = Worker(config, registry, DATABASE_URL)
+    await wait_for_go()
+    await w.run()
+
+
+async def latency(n: str, gap_ms: str) -> None:
+    c = client()
+
+    async def one(key: str) -> None:
+        await c.enqueue("ping", {"key": key})
+
+    await latency_probe(int(n), float(gap_ms), one)
+    await c.close()
+
+
+if __name__ == "__main__":
+    Peer(setup=setup, enqueue_single=enqueue_single, enqueue_batch=enqueue_batch, fill=fill, worker=worker,
+         latency=latency).main()  # fmt: skip

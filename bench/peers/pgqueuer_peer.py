@@ -1,0 +1,86 @@
+"""PgQueuer 1.6 as a benchmark peer, with the asyncpg driver and its own benchmark's defaults.
+
+Its tools/benchmark.py drains with 5 QueueManagers (one asyncpg connection
+each) and batch_size 10; the worker verb takes both numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+from pgqueuer import PgQueuer
+from pgqueuer.db import AsyncpgDriver
+from pgqueuer.models import Job
+from pgqueuer.queries import Queries
+
+from bench.peers.common import DATABASE_URL, Peer, latency_probe, ping, timed, wait_for_go
+
+
+def _dsn() -> str:
+    # asyncpg wants a URL; the harness passes one.
+    return DATABASE_URL
+
+
+async def queries() -> Queries:
+    return Queries(AsyncpgDriver(await asyncpg.connect(dsn=_dsn())))
+
+
+async def setup() -> None:
+    await (await queries()).install()
+
+
+async def enqueue_single(n: str) -> None:
+    q = await queries()
+    started = time.perf_counter()
+    for _ in range(int(n)):
+        await q.enqueue("noop", None)
+    timed(int(n), started)
+
+
+async def enqueue_batch(n: str, size: str) -> None:
+    q = await queries()
+    k = int(size)
+    started = time.perf_counter()
+    for _ in range(int(n) // k):
+        await q.enqueue(["noop"] * k, [None] * k, [0] * k)
+    timed(int(n), started)
+
+
+async def fill(n: str) -> None:
+    q = await queries()
+    for _ in range(int(n) // 5000):
+        await q.enqueue(["noop"] * 5000, [None] * 5000, [0] * 5000)
+
+
+async def worker(managers: str, batch_size: str = "10") -> None:
+    qms = []
+    for _ in range(int(managers)):
+        qm = PgQueuer(AsyncpgDriver(await asyncpg.connect(dsn=_dsn())))
+
+        @qm.entrypoint("noop")
+        async def noop(job: Job) -> None:
+            return None
+
+        @qm.entrypoint("ping")
+        async def ping_job(job: Job) -> None:
+            ping((job.payload or b"").decode())
+
+        qms.append(qm)
+    await wait_for_go()
+    await asyncio.gather(*(qm.run(batch_size=int(batch_size)) for qm in qms))
+
+
+async def latency(n: str, gap_ms: str) -> None:
+    q = await queries()
+
+    async def one(key: str) -> None:
+        await q.enqueue("ping", key.encode())
+
+    await latency_probe(int(n), float(gap_ms), one)
+
+
+if __name__ == "__main__":
+    Peer(setup=setup, enqueue_single=enqueue_single, enqueue_batch=enqueue_batch, fill=fill, worker=worker,
+         latency=latency).main()  # fmt: skip
