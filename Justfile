@@ -32,3 +32,8 @@ db-stop:
 # Serve the web app under gunicorn on port 8000 (LEDGER_WEB_PORT to change).
 web *ARGS:
     gunicorn -c web/gunicorn_conf.py {{ARGS}} web.wsgi:app
+
+# The benchmark beside Procrastinate and PgQueuer (installs the bench extra). `just bench --quick` for ~1.5 min.
+bench *ARGS:
+    pip install -q -e '.[dev,bench]'
+    python -m bench.run {{ARGS}}

@@ -31,7 +31,7 @@ def enqueue_params(rows: Sequence[EnqueueRow], metadata: dict[str, Any] | None) 
     """Parameters of the job_enqueue_many query: one array per column."""
     return {
         "kinds": [r[0] for r in rows],
-        "args": [Jsonb(r[1]) for r in rows],
+        "args": Jsonb([r[1] for r in rows]),
         "queues": [r[2] for r in rows],
         "priorities": [r[3] for r in rows],
         "max_attempts": [r[4] for r in rows],

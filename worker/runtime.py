@@ -74,8 +74,12 @@ class Worker:
         registry.periodic(RESCUE, timedelta(seconds=config.rescue_every))
 
     def wake(self) -> None:
+        """Rouse one idle cycle loop. One NOTIFY needs one claim; under load each busy
+        cycle rouses the next, so the cycles in flight ramp up with the work."""
         for event in self._wakes:
-            event.set()
+            if not event.is_set():
+                event.set()
+                return
 
     # ------------------------------------------------------------ lifecycle
 
@@ -86,8 +90,10 @@ class Worker:
         anyio.to_thread.current_default_thread_limiter().total_tokens = max(total + 4, 8)
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             self.url,
-            min_size=2,
-            max_size=max(4, min(20, total // 2 + 2)),
+            # Open up front: the cycles, the heartbeat and the scheduler each hold one at
+            # times, and a connection opened on demand costs milliseconds of pickup latency.
+            min_size=self.config.cycles + 2,
+            max_size=max(self.config.cycles + 4, min(20, total // 2 + 2)),
             kwargs={"autocommit": True},
             # No check on checkout: it would cost a round trip per cycle. A broken
             # connection fails its statement instead; the cycle retries with backoff
@@ -218,6 +224,7 @@ class Worker:
                 delay = min(delay * 2, 5.0)
                 continue
             if more:
+                self.wake()  # more work than one cycle: bring in a sibling
                 continue
             poll = self.config.poll_interval * random.uniform(0.9, 1.1)
             with anyio.move_on_after(poll):

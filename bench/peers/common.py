@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["Peer", "latency_probe", "ping", "report", "timed", "wait_for_go"]
+__all__ = ["Peer", "chunks", "latency_probe", "ping", "report", "timed", "wait_for_go"]
 
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "")
 _sock: socket.socket | None = None
@@ -77,6 +77,11 @@ class Peer:
     def main(self) -> None:
         verb, *args = sys.argv[1:]
         asyncio.run(self.verbs[verb.replace("-", "_")](*args))
+
+
+def chunks(n: int, size: int = 5000) -> list[int]:
+    """Batch sizes that add up to exactly n."""
+    return [min(size, n - i) for i in range(0, n, size)]
 
 
 def timed(n: int, started: float) -> None:

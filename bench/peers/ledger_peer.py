@@ -6,7 +6,7 @@ import time
 
 from pydantic import BaseModel
 
-from bench.peers.common import DATABASE_URL, Peer, latency_probe, ping, timed, wait_for_go
+from bench.peers.common import DATABASE_URL, Peer, chunks, latency_probe, ping, timed, wait_for_go
 from ledger.client import AsyncClient
 from ledger.db import connect
 from ledger.kinds import JobContext, NoArgs, builtin_registry
@@ -62,8 +62,8 @@ async def enqueue_batch(n: str, size: str) -> None:
 
 async def fill(n: str) -> None:
     c = client()
-    for _ in range(int(n) // 5000):
-        await c.enqueue_many([{"kind": "noop"}] * 5000)
+    for size in chunks(int(n)):
+        await c.enqueue_many([{"kind": "noop"}] * size)
     await c.close()
 
 

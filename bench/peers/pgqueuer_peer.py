@@ -15,7 +15,7 @@ from pgqueuer.db import AsyncpgDriver
 from pgqueuer.models import Job
 from pgqueuer.queries import Queries
 
-from bench.peers.common import DATABASE_URL, Peer, latency_probe, ping, timed, wait_for_go
+from bench.peers.common import DATABASE_URL, Peer, chunks, latency_probe, ping, timed, wait_for_go
 
 
 def _dsn() -> str:
@@ -50,8 +50,8 @@ async def enqueue_batch(n: str, size: str) -> None:
 
 async def fill(n: str) -> None:
     q = await queries()
-    for _ in range(int(n) // 5000):
-        await q.enqueue(["noop"] * 5000, [None] * 5000, [0] * 5000)
+    for size in chunks(int(n)):
+        await q.enqueue(["noop"] * size, [None] * size, [0] * size)
 
 
 async def worker(managers: str, batch_size: str = "10") -> None:

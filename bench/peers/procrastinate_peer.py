@@ -6,7 +6,7 @@ import time
 
 import procrastinate
 
-from bench.peers.common import DATABASE_URL, Peer, latency_probe, ping, timed, wait_for_go
+from bench.peers.common import DATABASE_URL, Peer, chunks, latency_probe, ping, timed, wait_for_go
 
 app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=DATABASE_URL))
 
@@ -45,8 +45,8 @@ async def enqueue_batch(n: str, size: str) -> None:
 
 async def fill(n: str) -> None:
     async with app.open_async():
-        for _ in range(int(n) // 5000):
-            await noop.batch_defer_async(*([{}] * 5000))
+        for size in chunks(int(n)):
+            await noop.batch_defer_async(*([{}] * size))
 
 
 async def worker(concurrency: str) -> None:

@@ -20,8 +20,12 @@ LIMIT %(limit)s;
 SELECT state, queue, count(*) AS count FROM ledger.jobs GROUP BY state, queue ORDER BY state, queue;
 
 -- name: job_enqueue_many
+-- args travel as one JSON array (one json.dumps for the batch, not one per job),
+-- unpacked here into the jsonb[] the function takes.
 SELECT ledger.job_enqueue_many(
-    %(kinds)s::text[], %(args)s::jsonb[], %(queues)s::text[], %(priorities)s::int[],
+    %(kinds)s::text[],
+    ARRAY(SELECT e FROM jsonb_array_elements(%(args)s::jsonb) WITH ORDINALITY AS x(e, i) ORDER BY i),
+    %(queues)s::text[], %(priorities)s::int[],
     %(max_attempts)s::int[], %(run_ats)s::timestamptz[], %(metadata)s) AS id;
 
 -- name: job_claim
