@@ -204,7 +204,7 @@ def chart(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path) -> None:
         bars = ax.bar(labels, values, color=colors)
         ax.bar_label(bars, labels=[f"{v:,.0f}" if v >= 100 else f"{v:.2f}" for v in values], fontsize=9)
         ax.set_title(title, fontsize=10)
-        ax.tick_params(axis="x", labelsize=8)
+        ax.tick_params(axis="x", labelsize=8, labelrotation=15)
         if scenario == "drain_1p" and ceiling_claim:
             ax.axhline(ceiling_claim, color="#b3261e", linestyle="--", linewidth=1)
             ax.text(
@@ -219,7 +219,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small numbers, about a minute and a half")
     parser.add_argument("--only", choices=["peers", "history", "ceiling"], action="append")
+    parser.add_argument("--from", dest="source", type=Path, help="redraw the table and chart of a saved .jsonl run")
     args = parser.parse_args()
+    if args.source:
+        saved = [json.loads(line) for line in args.source.read_text().splitlines()]
+        meta = next(r for r in saved if r["scenario"] == "meta")
+        rows = [r for r in saved if r["scenario"] != "meta"]
+        print(report(rows, meta))
+        chart(rows, meta, args.source.with_suffix(".png"))
+        return
     plan = QUICK if args.quick else FULL
     server = database_url()
     with psycopg.connect(server, autocommit=True) as conn:

@@ -22,11 +22,15 @@ SIDE_TABLE = (
 )
 
 
-def record(ctx: JobContext[BaseModel]) -> None:
+def _pool(url: str) -> ConnectionPool:
     with _lock:
-        if ctx.database_url not in _pools:
-            _pools[ctx.database_url] = ConnectionPool(ctx.database_url, min_size=1, max_size=4, open=True)
-    with _pools[ctx.database_url].connection() as conn:
+        if url not in _pools:
+            _pools[url] = ConnectionPool(url, min_size=1, max_size=4, open=True)
+    return _pools[url]
+
+
+def record(ctx: JobContext[BaseModel]) -> None:
+    with _pool(ctx.database_url).connection() as conn:
         conn.execute("INSERT INTO executions (job_id, worker) VALUES (%s, %s)", [ctx.id, ctx.worker])
 
 
@@ -49,7 +53,52 @@ async def noop(ctx: JobContext[NoArgs]) -> None:
 def flaky(ctx: JobContext[NoArgs]) -> None:
     """Fails until the table `fixed` exists: a bug fixed, then a replay."""
     record(ctx)
-    with _pools[ctx.database_url].connection() as conn:
+    with _pool(ctx.database_url).connection() as conn:
         fixed = conn.execute("SELECT to_regclass('fixed') IS NOT NULL").fetchone()
     if not (fixed and fixed[0]):
         raise RuntimeError("upstream is down")
+
+
+@default_registry.kind("snoozer")
+def snoozer(ctx: JobContext[NoArgs]) -> None:
+    """Snoozes on its first attempt, succeeds on the next."""
+    from datetime import UTC, datetime, timedelta
+
+    from ledger.kinds import JobSnooze
+
+    record(ctx)
+    if ctx.job.max_attempts == 5:  # not snoozed yet (each snooze adds one)
+        raise JobSnooze(datetime.now(UTC) + timedelta(milliseconds=200))
+
+
+@default_registry.kind("quitter")
+async def quitter(ctx: JobContext[NoArgs]) -> None:
+    from ledger.kinds import JobCancel
+
+    raise JobCancel("nothing left to do")
+
+
+@default_registry.kind("hopeless", max_attempts=5)
+async def hopeless(ctx: JobContext[NoArgs]) -> None:
+    from ledger.kinds import JobDiscard
+
+    raise JobDiscard("the account was deleted; retrying cannot help")
+
+
+@default_registry.kind("sluggish", timeout=0.3, max_attempts=1)
+async def sluggish(ctx: JobContext[NoArgs]) -> None:
+    import asyncio
+
+    await asyncio.sleep(30)
+
+
+@default_registry.on_error
+def alert(job: object, error: BaseException, will_retry: bool) -> None:
+    """The application's error hook: here it leaves a line in the side table."""
+    from ledger.models import Job
+
+    assert isinstance(job, Job)
+    import os
+
+    with _pool(os.environ["DATABASE_URL"]).connection() as conn:
+        conn.execute("INSERT INTO executions (job_id, worker) VALUES (%s, %s)", [job.id, f"hook:{will_retry}"])

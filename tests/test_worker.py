@@ -202,3 +202,44 @@ def test_the_worker_reconnects_after_the_database_restarts_and_drains_the_queue(
         assert w.stop() == 0
     finally:
         stop_server(data)
+
+
+def test_a_job_can_snooze_cancel_or_give_up_from_its_own_code(
+    db_url: str, store: Store, side: psycopg.Connection[DictRow], workers: list[WorkerProcess]
+) -> None:
+    workers.append(WorkerProcess(db_url, "--poll-interval", "0.1", *QUIET).started())
+    [snoozed] = enqueue(store, "snoozer")
+    [cancelled] = enqueue(store, "quitter")
+    [given_up] = enqueue(store, "hopeless")
+    wait_until(
+        lambda: (
+            [store.job(j).state for j in (snoozed, cancelled, given_up)]  # type: ignore[union-attr]
+            == ["succeeded", "cancelled", "discarded"]
+        ),
+        what="snoozed, cancelled and discarded outcomes",
+    )
+    assert [e.type for e in store.events_for_job(snoozed)] == [
+        "enqueued", "started", "snoozed", "started", "succeeded",
+    ]  # fmt: skip
+    assert store.job(snoozed).max_attempts == 6  # type: ignore[union-attr]  # the snooze cost no attempt
+    assert store.events_for_job(cancelled)[-1].data == {"reason": "nothing left to do"}
+    dead = store.job(given_up)
+    assert dead is not None and (dead.attempt, dead.max_attempts) == (1, 5), "discarded at once, not retried"
+    assert dead.last_error == "the account was deleted; retrying cannot help"
+
+
+def test_a_job_that_runs_too_long_is_cancelled_and_counted_as_a_failed_attempt(
+    db_url: str, store: Store, side: psycopg.Connection[DictRow], workers: list[WorkerProcess]
+) -> None:
+    w = WorkerProcess(db_url, "--poll-interval", "0.1", *QUIET).started()
+    workers.append(w)
+    [job] = enqueue(store, "sluggish", attempts=1)
+    wait_until(lambda: states(store, [job]) == {"discarded": 1}, what="the timed-out job to be discarded")
+    assert store.job(job).last_error == "timed out after 0.3s"  # type: ignore[union-attr]
+    # One structured line per failed attempt, and the application's hook ran.
+    w.wait_for(f'"msg": "job {job} attempt failed"')
+    line = next(x for x in w.lines if f'"job {job} attempt failed"' in x)
+    for field in ('"kind": "sluggish"', f'"job_id": {job}', '"attempt": "1/1"', '"will_retry": false'):
+        assert field in line
+    hooks = side.execute("SELECT worker FROM executions WHERE job_id = %s", [job]).fetchall()
+    assert hooks == [{"worker": "hook:False"}]
