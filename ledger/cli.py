@@ -113,6 +113,8 @@ def enqueue(
         parsed = json.loads(args)
     except json.JSONDecodeError as exc:
         fail(f"--args is not valid JSON ({exc}); pass an object such as '{{\"n\": 1}}'", 2)
+    except RecursionError:
+        fail("--args is nested too deeply to parse", 2)
     if not isinstance(parsed, dict):
         fail(f"--args must be a JSON object such as '{{\"n\": 1}}', not {type(parsed).__name__}", 2)
     with store() as s:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .db import connect, database_url
 from .errors import InvalidArguments, refusals
+from .jsoncheck import check_json
 from .kinds import Registry, default_registry, error_fields, format_validation_error
 from .queries import query
 from .store import EnqueueRow, enqueue_params
@@ -45,6 +46,9 @@ def prepare(registry: Registry, items: Iterable[JobRequest | Mapping[str, Any]])
     """Validate every job before anything is written: a bad one refuses the whole batch."""
     rows: list[EnqueueRow] = []
     for item in items:
+        if isinstance(item, Mapping):
+            # Before pydantic sees them: it would turn NaN into null without a word.
+            check_json(item.get("args") or {})
         req = _request(item)
         kind = registry.get(req.kind)
         if req.run_at is not None and req.run_at.tzinfo is None:

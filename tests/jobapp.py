@@ -102,3 +102,14 @@ def alert(job: object, error: BaseException, will_retry: bool) -> None:
 
     with _pool(os.environ["DATABASE_URL"]).connection() as conn:
         conn.execute("INSERT INTO executions (job_id, worker) VALUES (%s, %s)", [job.id, f"hook:{will_retry}"])
+
+
+class Free(BaseModel):
+    """Any JSON object: for the hostile-input tests."""
+
+    model_config = {"extra": "allow"}
+
+
+@default_registry.kind("free", args=Free)
+async def free(ctx: JobContext[Free]) -> None:
+    return None

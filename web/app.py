@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,13 @@ class OpenAPIResource:
         resp.media = document()
 
 
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def create_app(
     settings: Settings | None = None,
     web: WebSettings | None = None,
@@ -69,6 +77,8 @@ def create_app(
     middleware: list[Any] = [SecurityHeaders(), BodyLimit(web.max_body), DashboardAuth(web.api_token)]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
+    # A body nested too deeply for the parser is malformed JSON (400), not a server error.
+    app.req_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(loads=_loads)
     errors.install(app)
 
     app.add_route("/healthz", HealthResource(pool))

@@ -16,7 +16,7 @@ from ledger.errors import LedgerError
 from ledger.states import JobState
 from ledger.store import Store
 
-from .api import list_params
+from .api import _text_param, list_params
 from .security import SESSION_COOKIE, csrf_token, session_value
 from .timeline import timeline
 
@@ -82,7 +82,10 @@ class Jobs(_Page):
 
 class Failed(_Page):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        kind, queue = req.get_param("kind") or None, req.get_param("queue") or None
+        try:
+            kind, queue = _text_param(req, "kind"), _text_param(req, "queue")
+        except LedgerError as exc:
+            raise falcon.HTTPSeeOther("/failed?" + urlencode({"error": str(exc)})) from None
         with self.pool.connection() as conn:
             rows = Store(conn).discarded(kind=kind, queue=queue, limit=200)
         self.render(req, resp, "failed.html", rows=rows, f={"kind": kind, "queue": queue})
