@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from .db import connect, database_url
 from .errors import InvalidArguments, refusals
@@ -20,17 +20,26 @@ from .store import EnqueueRow, enqueue_params
 __all__ = ["AsyncClient", "Client", "JobRequest"]
 
 
+def _time_not_number(value: Any) -> Any:
+    # Lax pydantic would read 0.0 or "1700000000" as a Unix time; a job's time is ISO 8601.
+    if value is None or isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and not value.strip().lstrip("-").replace(".", "", 1).isdigit():
+        return value
+    raise ValueError("must be an ISO 8601 date-time with a zone, e.g. 2030-01-01T09:00:00+00:00")
+
+
 class JobRequest(BaseModel):
-    """One job to enqueue. Unset options take the kind's defaults."""
+    """One job to enqueue. Unset options take the kind's defaults. Strict: "5" is not a priority."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: str
+    kind: StrictStr
     args: dict[str, Any] = Field(default_factory=dict)
-    queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,50}$")
-    priority: int | None = Field(default=None, ge=0, le=9)
-    max_attempts: int | None = Field(default=None, ge=1, le=1000)
-    run_at: datetime | None = None
+    queue: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,50}$")
+    priority: StrictInt | None = Field(default=None, ge=0, le=9)
+    max_attempts: StrictInt | None = Field(default=None, ge=1, le=1000)
+    run_at: Annotated[datetime | None, BeforeValidator(_time_not_number)] = None
 
 
 def _request(item: JobRequest | Mapping[str, Any]) -> JobRequest:
@@ -55,16 +64,19 @@ def prepare(registry: Registry, items: Iterable[JobRequest | Mapping[str, Any]])
             raise InvalidArguments(
                 "field 'run_at': must carry a time zone (e.g. 2026-01-01T09:00:00+00:00)", ["run_at"]
             )
-        rows.append(
-            (
-                req.kind,
-                registry.validate_args(req.kind, req.args),
-                req.queue or kind.queue,
-                kind.priority if req.priority is None else req.priority,
-                req.max_attempts or kind.max_attempts,
-                req.run_at,
-            )
-        )
+        args = registry.validate_args(req.kind, req.args)
+        check_json(args)  # again after validation: a model's defaults and JobRequest inputs too
+        # run_at as the same instant in UTC: PostgreSQL refuses offsets past ±15:59 that
+        # RFC 3339 allows (schemathesis found +17:42 ending in a 500).
+        run_at = req.run_at.astimezone(UTC) if req.run_at is not None else None
+        rows.append((
+            req.kind,
+            args,
+            req.queue or kind.queue,
+            kind.priority if req.priority is None else req.priority,
+            req.max_attempts or kind.max_attempts,
+            run_at,
+        ))  # fmt: skip
     return rows
 
 

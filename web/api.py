@@ -6,10 +6,12 @@ from typing import Any
 
 import falcon
 from psycopg_pool import ConnectionPool
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ledger.client import Client
 from ledger.errors import InvalidArguments
-from ledger.kinds import Registry
+from ledger.jsoncheck import check_json
+from ledger.kinds import Registry, error_fields, format_validation_error
 from ledger.states import JobState
 from ledger.store import Store
 
@@ -20,7 +22,7 @@ MAX_PAGE = 500
 
 def _int_param(req: falcon.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
     raw = req.get_param(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -97,6 +99,15 @@ class JobResource(_Base):
         resp.media = {"job": job.model_dump(mode="json"), "events": [e.model_dump(mode="json") for e in events]}
 
 
+class ActionBody(BaseModel):
+    """Body of replay and cancel: who asks and why, both optional; nothing else."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    reason: str | None = Field(default=None, max_length=1000)
+    by: str | None = Field(default=None, max_length=200)
+
+
 class JobActionResource(_Base):
     """POST /api/jobs/{id}/replay and /cancel with an optional {"reason": "..."}; 409 when illegal."""
 
@@ -105,11 +116,12 @@ class JobActionResource(_Base):
         self.action = action
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: int) -> None:
-        body = _body(req)
-        reason = body.get("reason")
-        if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
-            raise InvalidArguments("reason: must be a string of at most 1000 characters", ["reason"])
-        actor = body.get("by") if isinstance(body.get("by"), str) else "api"
+        try:
+            body = ActionBody.model_validate(_body(req))
+        except ValidationError as exc:
+            raise InvalidArguments(f"invalid body: {format_validation_error(exc)}", error_fields(exc)) from None
+        check_json(body.model_dump(), "(body)")
+        reason, actor = body.reason, body.by or "api"
         with self.pool.connection() as conn:
             store = Store(conn)
             if self.action == "replay":

@@ -34,8 +34,11 @@ STATIC = Path(__file__).with_name("static")
 class OpenAPIResource:
     area = "public"
 
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = document()
+        resp.media = document(self.registry)
 
 
 def _loads(text: str) -> Any:
@@ -83,13 +86,17 @@ def create_app(
 
     app.add_route("/healthz", HealthResource(pool))
     app.add_route("/metrics", MetricsResource(pool))
-    app.add_route("/openapi.json", OpenAPIResource())
+    app.add_route("/openapi.json", OpenAPIResource(registry))
     if debug_routes:
         app.add_route("/debug/enqueue-test", EnqueueTestResource(pool, registry))
     app.add_route("/api/jobs", JobsResource(pool, registry))
-    app.add_route("/api/jobs/{job_id:int(min=1)}", JobResource(pool, registry))
-    app.add_route("/api/jobs/{job_id:int(min=1)}/replay", JobActionResource(pool, registry, "replay"))
-    app.add_route("/api/jobs/{job_id:int(min=1)}/cancel", JobActionResource(pool, registry, "cancel"))
+    app.add_route("/api/jobs/{job_id:int(min=1, max=9223372036854775807)}", JobResource(pool, registry))
+    app.add_route(
+        "/api/jobs/{job_id:int(min=1, max=9223372036854775807)}/replay", JobActionResource(pool, registry, "replay")
+    )
+    app.add_route(
+        "/api/jobs/{job_id:int(min=1, max=9223372036854775807)}/cancel", JobActionResource(pool, registry, "cancel")
+    )
     app.add_route("/api/counts", CountsResource(pool, registry))
     Dashboard(pool, web.api_token).install(app)
     app.add_static_route("/static", str(STATIC))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ledger.kinds import Registry
 from ledger.states import JobState
 
 __all__ = ["document"]
@@ -33,22 +34,53 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 STATE = {"type": "string", "enum": [s.value for s in JobState]}
-JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+BIGINT = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+NO_NUL = "^[^\\u0000]*$"
+TEXT_FILTER = {"type": "string", "maxLength": 200, "pattern": NO_NUL}
+JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": BIGINT}
 REASON_BODY = {
     "required": False,
     "content": {
         "application/json": {
             "schema": {
                 "type": "object",
-                "properties": {"reason": {"type": "string", "maxLength": 1000}, "by": {"type": "string"}},
+                "additionalProperties": False,
+                "properties": {
+                    # no NUL: PostgreSQL text cannot hold it (refused with 422)
+                    "reason": {"type": "string", "maxLength": 1000, "pattern": NO_NUL, "nullable": True},
+                    "by": {"type": "string", "maxLength": 200, "pattern": NO_NUL, "nullable": True},
+                },
             }
         }
     },
 }
 
 
-def document() -> dict[str, Any]:
+def _job_request(registry: Registry) -> tuple[dict[str, Any], dict[str, Any]]:
+    """JobRequest as one variant per registered kind, each with its pydantic args schema;
+    returns (schema, the $defs those args schemas need, for components)."""
+    variants, defs = [], {}
+    for name, kind in sorted(registry.kinds.items()):
+        args = kind.args_model.model_json_schema(ref_template="#/components/schemas/{model}")
+        defs.update(args.pop("$defs", {}))
+        variants.append({
+            "type": "object", "required": ["kind"], "additionalProperties": False,
+            "properties": {
+                "kind": {"type": "string", "enum": [name]}, "args": args,
+                # null (or absent): the kind's default
+                "queue": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,50}$", "nullable": True},
+                "priority": {"type": "integer", "minimum": 0, "maximum": 9, "nullable": True},
+                "max_attempts": {"type": "integer", "minimum": 1, "maximum": 1000, "nullable": True},
+                "run_at": {"type": "string", "format": "date-time", "nullable": True},
+            },
+        })  # fmt: skip
+    return {"oneOf": variants}, defs
+
+
+def document(registry: Registry) -> dict[str, Any]:
+    """The document for an app serving `registry`'s kinds (the enqueue body depends on them)."""
     job_ref = {"$ref": "#/components/schemas/Job"}
+    job_request, arg_defs = _job_request(registry)
     return {
         "openapi": "3.0.3",
         "info": {"title": "ledger", "version": "1", "description": "Jobs as an append-only history."},
@@ -69,10 +101,11 @@ def document() -> dict[str, Any]:
                 "get": {
                     "summary": "List jobs, newest first, with keyset pagination",
                     "parameters": [
-                        {"name": "state", "in": "query", "schema": STATE},
-                        {"name": "kind", "in": "query", "schema": {"type": "string"}},
-                        {"name": "queue", "in": "query", "schema": {"type": "string"}},
-                        {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                        # blank means any state (what the dashboard's filter form sends)
+                        {"name": "state", "in": "query", "schema": {**STATE, "enum": ["", *STATE["enum"]]}},
+                        {"name": "kind", "in": "query", "schema": TEXT_FILTER},
+                        {"name": "queue", "in": "query", "schema": TEXT_FILTER},
+                        {"name": "before", "in": "query", "schema": BIGINT},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                     ],
                     "responses": {
@@ -128,12 +161,8 @@ def document() -> dict[str, Any]:
             "Error": {"type": "object", "required": ["title"], "properties": {
                 "title": {"type": "string"}, "description": {"type": "string"},
                 "fields": {"type": "array", "items": {"type": "string"}}}},
-            "JobRequest": {"type": "object", "required": ["kind"], "additionalProperties": False, "properties": {
-                "kind": {"type": "string"}, "args": {"type": "object"},
-                "queue": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,50}$"},
-                "priority": {"type": "integer", "minimum": 0, "maximum": 9},
-                "max_attempts": {"type": "integer", "minimum": 1, "maximum": 1000},
-                "run_at": {"type": "string", "format": "date-time"}}},
+            "JobRequest": job_request,
+            **arg_defs,
             "Job": {"type": "object", "properties": {
                 "id": {"type": "integer"}, "kind": {"type": "string"}, "queue": {"type": "string"},
                 "priority": {"type": "integer"}, "args": {"type": "object"},
