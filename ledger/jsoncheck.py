@@ -52,9 +52,13 @@ def _walk(value: Any, path: str, depth: int) -> None:
             _walk(item, f"{path}[{i}]", depth + 1)
 
 
-def check_json(value: Any, path: str = "args") -> None:
-    """InvalidArguments naming the field if `value` cannot be stored as jsonb exactly as given."""
-    _walk(value, path, 1)
+def check_json(value: Any, path: str = "args", *, walk: bool = True) -> None:
+    """InvalidArguments naming the field if `value` cannot be stored as jsonb exactly as given.
+
+    walk=False checks only the size (for a value already walked).
+    """
+    if walk:
+        _walk(value, path, 1)
     size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
     if size > MAX_BYTES:
         raise InvalidArguments(f"{path}: {size:,} bytes of JSON; the limit is {MAX_BYTES:,}", [path])

@@ -33,7 +33,7 @@ def _int_param(req: falcon.Request, name: str, default: int | None, lo: int, hi:
     return value
 
 
-def _text_param(req: falcon.Request, name: str) -> str | None:
+def text_param(req: falcon.Request, name: str) -> str | None:
     value = req.get_param(name) or None
     if value is not None and ("\x00" in value or len(value) > 200):
         raise InvalidArguments(f"{name}: must be at most 200 characters without NUL", [name])
@@ -47,8 +47,8 @@ def list_params(req: falcon.Request) -> dict[str, Any]:
         raise InvalidArguments(f"state {state!r}: must be one of {', '.join(JobState)}", ["state"])
     return {
         "state": state,
-        "kind": _text_param(req, "kind"),
-        "queue": _text_param(req, "queue"),
+        "kind": text_param(req, "kind"),
+        "queue": text_param(req, "queue"),
         "before": _int_param(req, "before", None, 1, 2**63 - 1),
         "limit": _int_param(req, "limit", 50, 1, MAX_PAGE),
     }

@@ -16,7 +16,7 @@ from ledger.errors import LedgerError
 from ledger.states import JobState
 from ledger.store import Store
 
-from .api import _text_param, list_params
+from .api import list_params, text_param
 from .security import SESSION_COOKIE, csrf_token, session_value
 from .timeline import timeline
 
@@ -83,7 +83,7 @@ class Jobs(_Page):
 class Failed(_Page):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
-            kind, queue = _text_param(req, "kind"), _text_param(req, "queue")
+            kind, queue = text_param(req, "kind"), text_param(req, "queue")
         except LedgerError as exc:
             raise falcon.HTTPSeeOther("/failed?" + urlencode({"error": str(exc)})) from None
         with self.pool.connection() as conn:
