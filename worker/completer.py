@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 500
 
 
+def _duration_ms(o: Outcome) -> float:
+    return round(o.duration * 1000, 3)
+
+
 def _wait_ms(o: Outcome) -> float | None:
     """How long the job waited from due to started: the pickup latency that /metrics reports."""
     if o.job.attempted_at is None:
@@ -61,7 +65,7 @@ class Completer:
         self._pending: list[tuple[Outcome, asyncio.Future[None]]] = []
 
     def _meta(self, o: Outcome) -> dict[str, Any]:
-        meta: dict[str, Any] = {"worker": self.worker, "duration_ms": round(o.duration * 1000, 3)}
+        meta: dict[str, Any] = {"worker": self.worker, "duration_ms": _duration_ms(o)}
         wait = _wait_ms(o)
         if wait is not None:
             meta["wait_ms"] = wait
@@ -96,7 +100,7 @@ class Completer:
             "ids": [o.job.id for o, _ in batch],
             "versions": [o.job.version for o, _ in batch],
             "worker": self.worker,
-            "duration_ms": [round(o.duration * 1000, 3) for o, _ in batch],
+            "duration_ms": [_duration_ms(o) for o, _ in batch],
             "wait_ms": [_wait_ms(o) for o, _ in batch],
         }
 
@@ -173,4 +177,4 @@ class Completer:
                 except Exception:
                     log.exception("error hook %r failed", hook)
         else:
-            log.debug("job %s %s", job.id, o.kind, extra={**fields, "duration_ms": round(o.duration * 1000, 3)})
+            log.debug("job %s %s", job.id, o.kind, extra={**fields, "duration_ms": _duration_ms(o)})

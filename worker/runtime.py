@@ -27,7 +27,6 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
-import anyio.abc
 import anyio.to_thread
 import psycopg
 from psycopg.rows import dict_row
@@ -59,7 +58,6 @@ class Worker:
         self.limits = config.queue_limits
         self.active: Counter[str] = Counter()
         self.reserved: Counter[str] = Counter()
-        self.saturated: dict[str, bool] = dict.fromkeys(self.limits, False)
         self.running: dict[int, Job] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0  # cycles between take() and settle(): their jobs are not in `running` yet
@@ -67,7 +65,6 @@ class Worker:
         self.stopping = False
         self.abandoning = anyio.Event()
         self.stop_requested = anyio.Event()
-        self.idle = anyio.Event()
         self._wakes: list[anyio.Event] = []
         # The configured periods replace the built-in defaults.
         registry.periodic(HEARTBEAT, timedelta(seconds=config.heartbeat_every))
@@ -167,11 +164,10 @@ class Worker:
                         waiter.cancel_scope.cancel()
 
                     async def until_idle() -> None:
-                        # A cycle in flight may still hand over claimed jobs: wait for it too.
+                        # Polled, not signalled: idle needs both no running job and no
+                        # cycle in flight (which may still hand over claimed jobs).
                         while self.running or self.in_flight:
-                            with anyio.move_on_after(0.05):
-                                self.idle = anyio.Event()
-                                await self.idle.wait()
+                            await anyio.sleep(0.05)
                         waiter.cancel_scope.cancel()
 
                     waiter.start_soon(until_abandoned)
@@ -278,9 +274,10 @@ class Worker:
         self.stats.update(cycles=1, recorded=len(batch), claimed=sum(len(g) for g in claimed.values()),
                           cycle_us=int((time.perf_counter() - began) * 1e6))  # fmt: skip
         more = False
+        loop = asyncio.get_running_loop()
         for queue, got in claimed.items():
-            self.saturated[queue] = len(got) == wanted[queue]
-            loop = asyncio.get_running_loop()
+            # A queue that filled every slot asked for may have more waiting.
+            more = more or len(got) == wanted[queue]
             for job in got:
                 self.active[queue] += 1
                 self.running[job.id] = job
@@ -289,7 +286,6 @@ class Worker:
                 task = loop.create_task(self._run_job(job))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
-            more = more or self.saturated[queue]
         return more or self.completer.has_pending
 
     def _claim_params(self, queue: str, n: int) -> dict[str, Any]:
@@ -307,6 +303,4 @@ class Worker:
         finally:
             self.active[job.queue] -= 1
             self.running.pop(job.id, None)
-            if not self.running:
-                self.idle.set()
             self.wake()
