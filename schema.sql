@@ -1,6 +1,6 @@
 -- ledger schema: the database's API.
 --
--- schema-version: 1
+-- schema-version: 2
 --
 -- The record of truth is ledger.events, an append-only table of job events.
 -- ledger.jobs (current state) and ledger.discarded (dead letters) are
@@ -19,6 +19,11 @@
 -- Errors use SQLSTATE class LG so clients can map them:
 --   LG001 illegal transition, LG002 version conflict, LG003 job not found,
 --   LG004 invalid argument, LG005 history is append-only.
+--
+-- Upgrades: `ledger migrate` brings an older database forward with the
+-- script ledger/upgrades/<version>.sql (tables; it drops every ledger
+-- function), then runs this file from the `functions` section to the end,
+-- which is why nothing after that line may create a table.
 
 CREATE SCHEMA ledger;
 
@@ -57,6 +62,11 @@ CREATE TABLE ledger.schema_version (
 CREATE SEQUENCE ledger.job_id_seq;
 
 -- The ledger. One row per state change, never updated (see the triggers).
+-- Partitioned by job id range, so a job's whole history lives in one
+-- partition: retention (ledger.events_prune_partition) drops or rewrites
+-- whole partitions and never deletes rows. Not by time: the primary key must
+-- contain the partition key, and (job_id, version) is the key that enforces
+-- one writer per version; a time key would also split one job's history.
 CREATE TABLE ledger.events (
     position  bigint GENERATED ALWAYS AS IDENTITY,
     job_id    bigint NOT NULL,
@@ -67,12 +77,31 @@ CREATE TABLE ledger.events (
     metadata  jsonb NOT NULL DEFAULT '{}',
     -- One writer per version: two writers racing on a job cannot both append v.
     CONSTRAINT events_pkey PRIMARY KEY (job_id, version)
-);
+) PARTITION BY RANGE (job_id);
 -- position is the global order (unique by construction: an identity). It is
 -- read in ranges (metrics since a cursor) and appended in order, which is
 -- what a BRIN index is for: nearly free to maintain, where a second b-tree
 -- would cost a write per event on the hot path.
 CREATE INDEX events_position_brin ON ledger.events USING brin (position);
+
+-- How ledger.events is cut: `size` job ids per partition (for partitions
+-- created from now on; change it with an UPDATE), and the first job id no
+-- partition covers yet. ledger.events_partitions_ensure keeps at least one
+-- spare partition ahead of the job id sequence.
+CREATE TABLE ledger.events_partitioning (
+    id             int PRIMARY KEY CHECK (id = 1),
+    size           bigint NOT NULL CHECK (size >= 10),
+    covered_until  bigint NOT NULL
+);
+INSERT INTO ledger.events_partitioning VALUES (1, 1000000, 1);
+
+-- One row per partition of ledger.events: its job id range [lo, hi).
+CREATE TABLE ledger.events_partitions (
+    lo         bigint PRIMARY KEY,
+    hi         bigint NOT NULL CHECK (hi > lo),
+    name       text NOT NULL UNIQUE,
+    pruned_at  timestamptz  -- last rewrite by retention
+);
 
 -- Current state, one row per job. Hot: every transition rewrites its row, so
 -- leave room on each page for the new tuple version.
@@ -405,7 +434,14 @@ CREATE FUNCTION ledger.job_enqueue_many(
     run_ats timestamptz[],
     metadata jsonb DEFAULT '{}'
 ) RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+DECLARE
+    upto bigint := (SELECT last_value FROM ledger.job_id_seq) + coalesce(cardinality(kinds), 0);
 BEGIN
+    -- One indexed read of a one-row table per call; the partition is made
+    -- in the rare call that comes within a partition's size of the end.
+    IF upto >= (SELECT p.covered_until - p.size FROM ledger.events_partitioning p WHERE p.id = 1) THEN
+        PERFORM ledger.events_partitions_ensure(upto);
+    END IF;
     RETURN QUERY
     WITH input AS MATERIALIZED (
         SELECT nextval('ledger.job_id_seq') AS id, t.k, t.a, t.q, t.p, t.m,
@@ -820,9 +856,148 @@ BEGIN
               HINT = 'change a job through the ledger.job_* functions, which append events';
 END $$;
 
+-- ---------------------------------------------------------------- partitions and retention
+
+-- Create the events partition for job ids [lo, hi) as a table of its own and
+-- attach it: ATTACH takes SHARE UPDATE EXCLUSIVE on ledger.events, which lets
+-- appends go on, where CREATE TABLE ... PARTITION OF would take ACCESS
+-- EXCLUSIVE. Row triggers are cloned from the parent; TRUNCATE triggers are
+-- not, so each partition gets its own (TRUNCATE of a partition is refused too).
+CREATE FUNCTION ledger._events_partition_guard(name text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('CREATE OR REPLACE TRIGGER events_no_truncate BEFORE TRUNCATE ON ledger.%I '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION ledger._events_append_only()', name);
+END $$;
+
+CREATE FUNCTION ledger._events_partition_attach(name text, lo bigint, hi bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM ledger._events_partition_guard(name);
+    EXECUTE format('ALTER TABLE ledger.events ATTACH PARTITION ledger.%I FOR VALUES FROM (%s) TO (%s)', name, lo, hi);
+    INSERT INTO ledger.events_partitions AS p (lo, hi, name) VALUES (lo, hi, name)
+    ON CONFLICT ON CONSTRAINT events_partitions_pkey DO UPDATE SET name = excluded.name, pruned_at = now();
+END $$;
+
+CREATE FUNCTION ledger._events_partition_table(name text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('CREATE TABLE ledger.%I (LIKE ledger.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
+END $$;
+
+-- Make sure partitions cover every job id up to `upto` plus one spare
+-- partition. Returns the first id not covered. Racing callers serialise on
+-- the ledger.events_partitioning row and the later one finds the work done.
+CREATE FUNCTION ledger.events_partitions_ensure(upto bigint)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    cfg ledger.events_partitioning;
+    name text;
+BEGIN
+    SELECT * INTO cfg FROM ledger.events_partitioning WHERE id = 1 FOR UPDATE;
+    WHILE cfg.covered_until <= upto + cfg.size LOOP
+        name := 'events_' || cfg.covered_until;
+        PERFORM ledger._events_partition_table(name);
+        PERFORM ledger._events_partition_attach(name, cfg.covered_until, cfg.covered_until + cfg.size);
+        cfg.covered_until := cfg.covered_until + cfg.size;
+    END LOOP;
+    UPDATE ledger.events_partitioning SET covered_until = cfg.covered_until WHERE id = 1;
+    RETURN cfg.covered_until;
+END $$;
+
+-- Retention for the events partition that starts at job id `lo`: remove the
+-- jobs of its range that finished (succeeded or cancelled; discarded too
+-- only when purge_discarded) before `cutoff`, with all their events and
+-- projection rows. History is never edited row by row: a partition whose
+-- jobs all go is dropped; one where at least half go is rewritten (the
+-- survivors' events are copied into a fresh table that replaces it); one
+-- where fewer than half go is kept for a later pass. A partition that can
+-- still receive new job ids is never touched.
+-- It holds ACCESS EXCLUSIVE on ledger.events from the swap to commit, so
+-- appends pause that long; the caller sets lock_timeout so that a long
+-- transaction elsewhere makes the prune give up rather than stall the queue.
+CREATE FUNCTION ledger.events_prune_partition(lo bigint, cutoff timestamptz, purge_discarded boolean DEFAULT false)
+RETURNS TABLE (action text, jobs_removed bigint, events_removed bigint, jobs_kept bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    p ledger.events_partitions;
+    finished ledger.job_state[] := CASE WHEN purge_discarded
+        THEN ARRAY['succeeded', 'cancelled', 'discarded']::ledger.job_state[]
+        ELSE ARRAY['succeeded', 'cancelled']::ledger.job_state[] END;
+    removable bigint;
+    kept bigint;
+    removed bigint[];
+    n_before bigint;
+    n_after bigint;
+    n_theirs bigint;
+    fresh text;
+BEGIN
+    SELECT * INTO p FROM ledger.events_partitions ep WHERE ep.lo = events_prune_partition.lo FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no events partition starts at job id %', lo USING ERRCODE = 'LG004';
+    END IF;
+    IF p.hi > (SELECT s.last_value FROM ledger.job_id_seq s) THEN
+        RETURN QUERY SELECT 'open', 0::bigint, 0::bigint, NULL::bigint;
+        RETURN;
+    END IF;
+    SELECT count(*) FILTER (WHERE j.state = ANY (finished) AND j.finalized_at < cutoff),
+           count(*) FILTER (WHERE NOT (j.state = ANY (finished) AND j.finalized_at < cutoff))
+    INTO removable, kept
+    FROM ledger.jobs j WHERE j.id >= p.lo AND j.id < p.hi;
+    IF removable = 0 OR removable < kept THEN
+        RETURN QUERY SELECT 'kept', 0::bigint, 0::bigint, kept;
+        RETURN;
+    END IF;
+    -- The row locks of this DELETE keep a racing replay of a cancelled or
+    -- discarded job out: it waits, then finds the job gone.
+    WITH gone AS (
+        DELETE FROM ledger.jobs j
+        WHERE j.id >= p.lo AND j.id < p.hi AND j.state = ANY (finished) AND j.finalized_at < cutoff
+        RETURNING j.id
+    ) SELECT array_agg(gone.id) INTO removed FROM gone;
+    IF removed IS NULL THEN  -- replayed meanwhile
+        RETURN QUERY SELECT 'kept', 0::bigint, 0::bigint, kept;
+        RETURN;
+    END IF;
+    DELETE FROM ledger.discarded d WHERE d.job_id = ANY (removed);
+    SELECT count(*) INTO kept FROM ledger.jobs j WHERE j.id >= p.lo AND j.id < p.hi;
+    LOCK TABLE ledger.events IN ACCESS EXCLUSIVE MODE;
+    EXECUTE format('SELECT count(*) FROM ledger.%I', p.name) INTO n_before;
+    EXECUTE format('SELECT count(*) FROM ledger.%I e WHERE e.job_id IN (SELECT unnest($1))', p.name)
+        INTO n_theirs USING removed;
+    IF kept = 0 AND n_theirs = n_before THEN
+        EXECUTE format('DROP TABLE ledger.%I', p.name);
+        DELETE FROM ledger.events_partitions ep WHERE ep.lo = p.lo;
+        RETURN QUERY SELECT 'dropped', cardinality(removed)::bigint, n_before, 0::bigint;
+        RETURN;
+    END IF;
+    fresh := CASE WHEN p.name = 'events_' || p.lo THEN 'events_' || p.lo || '_r' ELSE 'events_' || p.lo END;
+    PERFORM ledger._events_partition_table(fresh);
+    -- Copy what is not removed (rather than what is kept) so that an event
+    -- without a projection row can never be lost by a prune.
+    EXECUTE format('INSERT INTO ledger.%I SELECT e.* FROM ledger.%I e '
+                   'WHERE NOT EXISTS (SELECT 1 FROM unnest($1) r(id) WHERE r.id = e.job_id)', fresh, p.name)
+        USING removed;
+    GET DIAGNOSTICS n_after = ROW_COUNT;
+    IF n_before - n_after <> n_theirs THEN
+        RAISE EXCEPTION 'prune of events partition %: % events would go but the removed jobs have %; nothing changed',
+            p.name, n_before - n_after, n_theirs;
+    END IF;
+    EXECUTE format('DROP TABLE ledger.%I', p.name);
+    PERFORM ledger._events_partition_attach(fresh, p.lo, p.hi);
+    RETURN QUERY SELECT 'rewritten', cardinality(removed)::bigint, n_before - n_after, kept;
+END $$;
+
 -- ---------------------------------------------------------------- triggers
 
 CREATE TRIGGER events_no_update_delete BEFORE UPDATE OR DELETE ON ledger.events
     FOR EACH ROW EXECUTE FUNCTION ledger._events_append_only();
 CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON ledger.events
     FOR EACH STATEMENT EXECUTE FUNCTION ledger._events_append_only();
+
+-- ---------------------------------------------------------------- partitions
+
+-- Guard every partition (an upgraded database's first partition needs it)
+-- and create the first ones, or the spare one ahead.
+SELECT ledger._events_partition_guard(name) FROM ledger.events_partitions;
+SELECT ledger.events_partitions_ensure((SELECT last_value FROM ledger.job_id_seq));

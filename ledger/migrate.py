@@ -1,4 +1,11 @@
-"""Applying schema.sql: once per schema version, idempotent, under an advisory lock."""
+"""Applying schema.sql: once per schema version, idempotent, under an advisory lock.
+
+A new database gets schema.sql whole. An older one gets, for each version
+after its own, ledger/upgrades/<version>.sql (the table changes; it drops
+every ledger function), then schema.sql from its `functions` section to the
+end, which re-creates every function, trigger and the spare partition.
+All in one transaction: an upgrade that fails leaves the database as it was.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +18,21 @@ from psycopg.rows import DictRow
 
 from .errors import ConfigError
 
-__all__ = ["MigrateResult", "current_version", "migrate", "schema_path", "schema_sql", "schema_version"]
+__all__ = [
+    "MigrateResult",
+    "current_version",
+    "functions_sql",
+    "migrate",
+    "schema_path",
+    "schema_sql",
+    "schema_version",
+    "upgrade_sql",
+]
 
 # Any constant works; it keeps two processes from applying the schema at once.
 _LOCK_KEY = 0x1ED6E5
+_FUNCTIONS_MARK = "-- ---------------------------------------------------------------- functions\n"
+_UPGRADES = Path(__file__).with_name("upgrades")
 
 
 def schema_path() -> Path:
@@ -35,6 +53,23 @@ def schema_version() -> int:
     if not match:
         raise ConfigError(f"{schema_path()} has no '-- schema-version: N' line")
     return int(match.group(1))
+
+
+def functions_sql() -> str:
+    """schema.sql from its functions section to the end: what an upgrade re-runs."""
+    text = schema_sql()
+    at = text.find(_FUNCTIONS_MARK)
+    if at < 0:
+        raise ConfigError(f"{schema_path()} has no functions section line")
+    return text[at:]
+
+
+def upgrade_sql(version: int) -> str:
+    """The table changes that bring a database from version - 1 to `version`."""
+    path = _UPGRADES / f"{version}.sql"
+    if not path.is_file():
+        raise ConfigError(f"no upgrade path to schema version {version}: {path} is missing")
+    return path.read_text(encoding="utf-8")
 
 
 def current_version(conn: psycopg.Connection[DictRow]) -> int | None:
@@ -73,10 +108,11 @@ def migrate(conn: psycopg.Connection[DictRow]) -> MigrateResult:
                 f"the database's ledger schema is version {before}, newer than this code's {target}; "
                 "upgrade ledger before running it against this database"
             )
-        if before is not None:
-            # Version 1 is the first: an older recorded version cannot exist yet.
-            # When version 2 comes, its upgrade script goes here.
-            raise ConfigError(f"no upgrade path from schema version {before} to {target}")
-        conn.execute(schema_sql().encode())
+        if before is None:
+            conn.execute(schema_sql().encode())
+        else:
+            for version in range(before + 1, target + 1):
+                conn.execute(upgrade_sql(version).encode())
+            conn.execute(functions_sql().encode())
         conn.execute("INSERT INTO ledger.schema_version (version) VALUES (%s)", [target])
     return MigrateResult(before, target)

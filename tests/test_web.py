@@ -17,6 +17,7 @@ from psycopg_pool import ConnectionPool
 
 from ledger.errors import ConfigError
 from ledger.kinds import builtin_registry
+from ledger.migrate import schema_version
 from ledger.settings import Settings
 from ledger.store import Store
 from web.app import create_app
@@ -96,7 +97,7 @@ def test_production_refuses_to_start_without_a_token(pool: ConnectionPool[Any]) 
 
 def test_healthz_is_200_when_the_database_answers_and_503_when_not(client: falcon.testing.TestClient) -> None:
     ok = client.simulate_get("/healthz")
-    assert (ok.status_code, ok.json["status"], ok.json["schema_version"]) == (200, "ok", 1)
+    assert (ok.status_code, ok.json["status"], ok.json["schema_version"]) == (200, "ok", schema_version())
     with ConnectionPool("postgresql://nobody@127.0.0.1:1/none?connect_timeout=1", min_size=1, open=True) as dead:
         down = client_for(dead).simulate_get("/healthz")
     assert (down.status_code, down.json["database"]) == (503, "down")
