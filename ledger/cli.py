@@ -23,6 +23,7 @@ from .kinds import default_registry
 from .logs import setup_logging
 from .migrate import current_version, migrate, schema_version
 from .models import Event, Job
+from .retention import parse_duration, prune
 from .settings import get_settings
 from .store import Store
 
@@ -239,6 +240,32 @@ def rebuild(
     if diffs:
         fail(f"{len(diffs)} projection row(s) differ from the fold of the events")
     typer.echo("projections match the events")
+
+
+@app.command("prune")
+@friendly
+def prune_cmd(
+    older_than: str = typer.Option(..., "--older-than", help="Age of finished jobs to remove: 7d, 12h, 30m, 1w."),
+    discarded: bool = typer.Option(False, "--discarded", help="Also remove discarded jobs (dead letters) that old."),
+) -> None:
+    """Remove the history of jobs that finished (succeeded, cancelled) before the cutoff.
+
+    Whole partitions of the ledger are dropped or rewritten; no event row is
+    deleted. Discarded jobs keep their history unless --discarded is given.
+    """
+    period = parse_duration(older_than)
+    with store() as s:
+        report = prune(s.conn, period, purge_discarded=discarded)
+    for p in report.partitions:
+        if p.action in ("dropped", "rewritten", "busy"):
+            typer.echo(
+                f"{p.name} (jobs {p.lo}..{p.hi - 1}): {p.action}, {p.jobs_removed} job(s), {p.events_removed} event(s)"
+            )
+    typer.echo(str(report))
+    if report.count("busy"):
+        fail(
+            f"{report.count('busy')} partition(s) were busy (a long transaction holds them); run the prune again later"
+        )
 
 
 @db_app.command("url")

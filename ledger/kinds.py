@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import InvalidArguments, UnknownKind
 from .models import Job
@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_PRIORITY",
     "DEFAULT_QUEUE",
     "HEARTBEAT",
+    "PRUNE",
     "RESCUE",
     "JobCancel",
     "JobContext",
@@ -26,6 +27,7 @@ __all__ = [
     "Kind",
     "NoArgs",
     "Periodic",
+    "PruneArgs",
     "Registry",
     "builtin_registry",
     "default_registry",
@@ -40,6 +42,7 @@ DEFAULT_TIMEOUT = 300.0
 
 HEARTBEAT = "heartbeat"
 RESCUE = "ledger.rescue"
+PRUNE = "ledger.prune"
 
 A = TypeVar("A", bound=BaseModel)
 log = logging.getLogger("ledger.jobs")
@@ -224,11 +227,31 @@ def _rescue(ctx: JobContext[NoArgs]) -> None:
         log.info("rescued %d job(s) of vanished workers: %s", len(rescued), [j.id for j in rescued])
 
 
+class PruneArgs(BaseModel):
+    """Args of the retention job: how old a finished job's history may get."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    older_than_seconds: float = Field(ge=0)
+    purge_discarded: bool = False
+
+
+def _prune(ctx: JobContext[PruneArgs]) -> None:
+    from .db import connect
+    from .retention import prune
+
+    with connect(ctx.database_url) as conn:
+        report = prune(conn, timedelta(seconds=ctx.args.older_than_seconds), purge_discarded=ctx.args.purge_discarded)
+    log.info("retention: %s", report)
+
+
 def builtin_registry() -> Registry:
     """A registry holding only the built-in kinds and their periodic schedule."""
     registry = Registry()
     registry.add(Kind(HEARTBEAT, NoArgs, _heartbeat, max_attempts=1, timeout=30.0))
     registry.add(Kind(RESCUE, NoArgs, _rescue, queue=DEFAULT_QUEUE, priority=0, max_attempts=1, timeout=60.0))
+    # One attempt: the next period's prune is the retry. An hour to walk every partition.
+    registry.add(Kind(PRUNE, PruneArgs, _prune, queue=DEFAULT_QUEUE, priority=9, max_attempts=1, timeout=3600.0))
     # The worker re-registers these with its configured periods.
     registry.periodic(HEARTBEAT, timedelta(minutes=1))
     registry.periodic(RESCUE, timedelta(seconds=30))

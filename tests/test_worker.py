@@ -243,3 +243,20 @@ def test_a_job_that_runs_too_long_is_cancelled_and_counted_as_a_failed_attempt(
         assert field in line
     hooks = side.execute("SELECT worker FROM executions WHERE job_id = %s", [job]).fetchall()
     assert hooks == [{"worker": "hook:False"}]
+
+
+def test_the_worker_prunes_finished_history_on_its_retention_schedule(
+    db_url: str, store: Store, workers: list[WorkerProcess]
+) -> None:
+    from .test_retention import partitions, small_partitions
+
+    first = small_partitions(store.conn)
+    ids = enqueue(store, "noop", 100)
+    enqueue(store, "noop", 1)  # opens the next partition, so the first takes no new ids
+    workers.append(WorkerProcess(db_url, *QUIET, "--retention", "0s", "--prune-every", "1").started())
+    wait_until(lambda: store.job(ids[0]) is None, timeout=60, what="the finished jobs to be pruned")
+    assert first not in partitions(store.conn)
+    assert all(store.job(i) is None for i in ids)
+    workers[0].wait_for("retention: pruned")
+    assert workers[0].stop() == 0
+    assert store.projections_diff() == []

@@ -21,6 +21,8 @@ def worker(
     lease: float | None = typer.Option(None, help="Seconds without heartbeat before jobs are rescued."),
     heartbeat_every: float | None = typer.Option(None, help="Period of the heartbeat job, seconds."),
     rescue_every: float | None = typer.Option(None, help="Period of the orphan rescue job, seconds."),
+    retention: str | None = typer.Option(None, help="How long finished jobs keep their history (7d, 12h; off)."),
+    prune_every: float | None = typer.Option(None, help="Period of the retention job, seconds."),
     app_module: str | None = typer.Option(None, "--app", help="Module that registers your job kinds (or LEDGER_APP)."),
 ) -> None:
     """Run the worker: claim jobs of the queues, run them, record outcomes, until SIGTERM/SIGINT."""
@@ -40,6 +42,7 @@ def worker(
         "queues": queues, "poll_interval": poll_interval, "poll_only": poll_only, "cycles": cycles,
         "shutdown_timeout": shutdown_timeout, "lease": lease,
         "heartbeat_every": heartbeat_every, "rescue_every": rescue_every,
+        "retention": retention, "prune_every": prune_every,
     }  # fmt: skip
     try:
         config = WorkerConfig(**{k: v for k, v in given.items() if v is not None})

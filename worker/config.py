@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from datetime import timedelta
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ledger.errors import InvalidArguments
+from ledger.retention import parse_duration
 
 __all__ = ["WorkerConfig", "parse_queues"]
 
@@ -55,6 +59,11 @@ class WorkerConfig(BaseSettings):
     """Period of the `heartbeat` job."""
     rescue_every: float = Field(30.0, ge=1)
     """Period of the orphan rescue job."""
+    retention: str = "7d"
+    """How long finished (succeeded, cancelled) jobs keep their history: `7d`, `12h`, `2w`; `off` keeps it forever.
+    Discarded jobs keep theirs until replayed (or pruned on purpose with `ledger prune --discarded`)."""
+    prune_every: float = Field(3600.0, ge=1)
+    """Period of the retention job (`ledger.prune`)."""
     id: str = Field(default_factory=_default_id)
     """This worker's name in events and the workers table."""
 
@@ -63,6 +72,21 @@ class WorkerConfig(BaseSettings):
     def _queues_parse(cls, value: str) -> str:
         parse_queues(value)
         return value
+
+    @field_validator("retention")
+    @classmethod
+    def _retention_parse(cls, value: str) -> str:
+        if value.strip().lower() != "off":
+            try:
+                parse_duration(value)
+            except InvalidArguments as exc:
+                raise ValueError(f"{exc}, or off") from None
+        return value
+
+    @property
+    def retention_period(self) -> timedelta | None:
+        """None when retention is off."""
+        return None if self.retention.strip().lower() == "off" else parse_duration(self.retention)
 
     @property
     def queue_limits(self) -> dict[str, int]:
@@ -73,5 +97,6 @@ class WorkerConfig(BaseSettings):
             f"worker {self.id}: queues={self.queues} poll_interval={self.poll_interval}s "
             f"cycles={self.cycles} poll_only={self.poll_only} lease={self.lease}s "
             f"shutdown_timeout={self.shutdown_timeout}s "
-            f"heartbeat_every={self.heartbeat_every}s rescue_every={self.rescue_every}s"
+            f"heartbeat_every={self.heartbeat_every}s rescue_every={self.rescue_every}s "
+            f"retention={self.retention} prune_every={self.prune_every}s"
         )

@@ -34,7 +34,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from ledger.db import connect
-from ledger.kinds import HEARTBEAT, RESCUE, Registry
+from ledger.kinds import HEARTBEAT, PRUNE, RESCUE, Registry
 from ledger.migrate import migrate
 from ledger.models import Job
 from ledger.queries import query
@@ -69,6 +69,12 @@ class Worker:
         # The configured periods replace the built-in defaults.
         registry.periodic(HEARTBEAT, timedelta(seconds=config.heartbeat_every))
         registry.periodic(RESCUE, timedelta(seconds=config.rescue_every))
+        if config.retention_period is not None:
+            registry.periodic(
+                PRUNE,
+                timedelta(seconds=config.prune_every),
+                args={"older_than_seconds": config.retention_period.total_seconds()},
+            )
 
     def wake(self) -> None:
         """Rouse one idle cycle loop. One NOTIFY needs one claim; under load each busy

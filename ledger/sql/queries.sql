@@ -91,3 +91,9 @@ SELECT coalesce((SELECT last_value FROM pg_sequences
 -- name: job_succeed_many
 SELECT * FROM ledger.job_succeed_many(
     %(ids)s::bigint[], %(versions)s::int[], %(worker)s, %(duration_ms)s::float8[], %(wait_ms)s::float8[]);
+
+-- name: events_partitions
+SELECT lo, hi, name, pruned_at FROM ledger.events_partitions ORDER BY lo;
+
+-- name: events_prune_partition
+SELECT * FROM ledger.events_prune_partition(%(lo)s, %(cutoff)s, %(purge_discarded)s);

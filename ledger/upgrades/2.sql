@@ -23,7 +23,7 @@ ALTER INDEX ledger.events_position_brin RENAME TO events_v1_position_brin;
 CREATE TABLE ledger.events (
     position  bigint GENERATED ALWAYS AS IDENTITY,
     job_id    bigint NOT NULL,
-    version   int NOT NULL CHECK (version >= 1),
+    version   int NOT NULL CONSTRAINT events_version_check CHECK (version >= 1),
     type      ledger.event_type NOT NULL,
     at        timestamptz NOT NULL DEFAULT now(),
     data      jsonb NOT NULL DEFAULT '{}',

@@ -1,0 +1,149 @@
+"""Retention: prune the history of jobs that finished long ago, a partition at a time.
+
+The work is ledger.events_prune_partition (schema.sql), which drops or rewrites
+whole partitions and never deletes event rows. This module walks the
+partitions, one transaction each so that a partition's locks are held only
+for its own swap, with a lock timeout so a long transaction elsewhere makes
+the prune skip that partition (to be tried next time) instead of stalling
+every worker behind its lock request.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import psycopg
+from psycopg.rows import DictRow
+
+from .errors import InvalidArguments
+from .queries import query
+
+__all__ = ["DEFAULT_RETENTION", "PartitionOutcome", "PruneReport", "format_duration", "parse_duration", "prune"]
+
+DEFAULT_RETENTION = timedelta(days=7)
+"""How long finished jobs keep their history when nobody says otherwise."""
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+
+
+def parse_duration(text: str) -> timedelta:
+    """`7d`, `12h`, `90m`, `1w2d`, `0s` -> timedelta; InvalidArguments for anything else."""
+    spec = text.strip().lower()
+    parts = _DURATION.findall(spec)
+    if not spec or _DURATION.sub("", spec).strip():
+        raise InvalidArguments(
+            f"duration {text!r} is not understood; write a number and a unit (s, m, h, d, w), e.g. 7d or 12h",
+            ["older_than"],
+        )
+    return timedelta(seconds=sum(float(n) * _UNITS[unit] for n, unit in parts))
+
+
+def format_duration(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@dataclass(frozen=True)
+class PartitionOutcome:
+    name: str
+    lo: int
+    hi: int
+    action: str
+    """dropped, rewritten, kept (under half its jobs could go), open (still taking new jobs), busy (lock timeout)."""
+    jobs_removed: int = 0
+    events_removed: int = 0
+    jobs_kept: int | None = None
+
+
+@dataclass
+class PruneReport:
+    cutoff: datetime
+    partitions: list[PartitionOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def jobs_removed(self) -> int:
+        return sum(p.jobs_removed for p in self.partitions)
+
+    @property
+    def events_removed(self) -> int:
+        return sum(p.events_removed for p in self.partitions)
+
+    def count(self, action: str) -> int:
+        return sum(1 for p in self.partitions if p.action == action)
+
+    def __str__(self) -> str:
+        return (
+            f"pruned {self.jobs_removed} job(s) and {self.events_removed} event(s) finished before "
+            f"{self.cutoff:%Y-%m-%d %H:%M:%S%z} in {self.seconds:.2f}s: "
+            f"{self.count('dropped')} partition(s) dropped, {self.count('rewritten')} rewritten, "
+            f"{self.count('kept')} kept, {self.count('busy')} busy"
+        )
+
+
+def prune(
+    conn: psycopg.Connection[DictRow],
+    older_than: timedelta,
+    *,
+    purge_discarded: bool = False,
+    lock_timeout: timedelta = timedelta(milliseconds=500),
+    attempts: int = 3,
+) -> PruneReport:
+    """Remove the jobs that finished more than `older_than` ago, with their events.
+
+    Succeeded and cancelled jobs go; discarded jobs keep their history unless
+    `purge_discarded`. `conn` must be in autocommit mode: each partition is
+    its own transaction. A partition whose lock is not granted within
+    `lock_timeout` (a long transaction is reading or writing it) is tried
+    `attempts` times, then reported busy and left for the next prune: while
+    the prune waits for its lock, appends queue behind it, so the wait is kept short.
+    """
+    if older_than < timedelta(0):
+        raise InvalidArguments("older_than must not be negative", ["older_than"])
+    started = time.perf_counter()
+    row = conn.execute("SELECT now() - %s::interval AS cutoff", [older_than]).fetchone()
+    assert row is not None
+    report = PruneReport(cutoff=row["cutoff"])
+    for part in conn.execute(query("events_partitions")).fetchall():
+        report.partitions.append(_prune_one(conn, part, report.cutoff, purge_discarded, lock_timeout, attempts))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _prune_one(
+    conn: psycopg.Connection[DictRow],
+    part: DictRow,
+    cutoff: datetime,
+    purge_discarded: bool,
+    lock_timeout: timedelta,
+    attempts: int,
+) -> PartitionOutcome:
+    timeout = f"{max(1, int(lock_timeout.total_seconds() * 1000))}ms"
+    for attempt in range(attempts):
+        try:
+            with conn.transaction():
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", [timeout])
+                [out] = conn.execute(
+                    query("events_prune_partition"),
+                    {"lo": part["lo"], "cutoff": cutoff, "purge_discarded": purge_discarded},
+                ).fetchall()
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+            time.sleep(0.1 * (attempt + 1))
+            continue
+        return PartitionOutcome(
+            part["name"],
+            part["lo"],
+            part["hi"],
+            out["action"],
+            out["jobs_removed"],
+            out["events_removed"],
+            out["jobs_kept"],
+        )
+    return PartitionOutcome(part["name"], part["lo"], part["hi"], "busy")
