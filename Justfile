@@ -33,6 +33,10 @@ db-stop:
 web *ARGS:
     gunicorn -c web/gunicorn_conf.py {{ARGS}} web.wsgi:app
 
+# Retention with a million finished jobs: sizes before/after a prune, its time, the present's speed.
+retention *ARGS:
+    python -m bench.retention {{ARGS}}
+
 # The benchmark beside Procrastinate and PgQueuer (installs the bench extra). `just bench --quick` for ~1.5 min.
 bench *ARGS:
     pip install -q -e '.[dev,bench]'

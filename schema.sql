@@ -913,9 +913,12 @@ END $$;
 -- survivors' events are copied into a fresh table that replaces it); one
 -- where fewer than half go is kept for a later pass. A partition that can
 -- still receive new job ids is never touched.
--- It holds ACCESS EXCLUSIVE on ledger.events from the swap to commit, so
--- appends pause that long; the caller sets lock_timeout so that a long
--- transaction elsewhere makes the prune give up rather than stall the queue.
+-- Locks: the partition is held in SHARE mode while it is counted and copied
+-- (appends to other partitions go on); ledger.events is taken in ACCESS
+-- EXCLUSIVE only for the DROP (and ATTACH), so appends pause for
+-- milliseconds. The caller sets lock_timeout below deadlock_timeout: a
+-- worker whose transaction wants the partition while holding ledger.events
+-- then never loses to a deadlock; the prune times out, rolls back and retries.
 CREATE FUNCTION ledger.events_prune_partition(lo bigint, cutoff timestamptz, purge_discarded boolean DEFAULT false)
 RETURNS TABLE (action text, jobs_removed bigint, events_removed bigint, jobs_kept bigint)
 LANGUAGE plpgsql AS $$
@@ -961,11 +964,12 @@ BEGIN
     END IF;
     DELETE FROM ledger.discarded d WHERE d.job_id = ANY (removed);
     SELECT count(*) INTO kept FROM ledger.jobs j WHERE j.id >= p.lo AND j.id < p.hi;
-    LOCK TABLE ledger.events IN ACCESS EXCLUSIVE MODE;
+    EXECUTE format('LOCK TABLE ledger.%I IN SHARE MODE', p.name);
     EXECUTE format('SELECT count(*) FROM ledger.%I', p.name) INTO n_before;
     EXECUTE format('SELECT count(*) FROM ledger.%I e WHERE e.job_id IN (SELECT unnest($1))', p.name)
         INTO n_theirs USING removed;
     IF kept = 0 AND n_theirs = n_before THEN
+        LOCK TABLE ledger.events IN ACCESS EXCLUSIVE MODE;
         EXECUTE format('DROP TABLE ledger.%I', p.name);
         DELETE FROM ledger.events_partitions ep WHERE ep.lo = p.lo;
         RETURN QUERY SELECT 'dropped', cardinality(removed)::bigint, n_before, 0::bigint;
@@ -983,6 +987,13 @@ BEGIN
         RAISE EXCEPTION 'prune of events partition %: % events would go but the removed jobs have %; nothing changed',
             p.name, n_before - n_after, n_theirs;
     END IF;
+    -- Indexes and a CHECK matching the bounds before the swap, so ATTACH
+    -- neither builds nor scans while it holds ledger.events.
+    EXECUTE format('ALTER TABLE ledger.%I ADD PRIMARY KEY (job_id, version)', fresh);
+    EXECUTE format('CREATE INDEX ON ledger.%I USING brin (position)', fresh);
+    EXECUTE format('ALTER TABLE ledger.%I ADD CONSTRAINT %I CHECK (job_id >= %s AND job_id < %s)',
+                   fresh, fresh || '_range', p.lo, p.hi);
+    LOCK TABLE ledger.events IN ACCESS EXCLUSIVE MODE;
     EXECUTE format('DROP TABLE ledger.%I', p.name);
     PERFORM ledger._events_partition_attach(fresh, p.lo, p.hi);
     RETURN QUERY SELECT 'rewritten', cardinality(removed)::bigint, n_before - n_after, kept;

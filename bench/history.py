@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -14,36 +15,54 @@ from ledger.store import Store
 __all__ = ["build_history", "measure_present", "measure_rebuild"]
 
 # Bulk-load finished jobs straight into both tables: the rows the functions would
-# have written (enqueued, started, succeeded), so `ledger rebuild --check` holds.
+# have written (enqueued, started, then succeeded, or discarded for every
+# `dead`-th job), so `ledger rebuild --check` holds.
 _BULK_JOBS = """
 INSERT INTO ledger.jobs
-SELECT g, 'noop', 'default', 5, '{}', 'succeeded', 1, 1, %(t)s, NULL, 'w', %(t)s, %(t)s, %(t)s, %(t)s, 3
+SELECT g, 'noop', 'default', 5, '{}',
+       CASE WHEN g %% %(dead)s = 0 THEN 'discarded' ELSE 'succeeded' END::ledger.job_state, 1, 1, %(t)s,
+       CASE WHEN g %% %(dead)s = 0 THEN 'boom' END, 'w', %(t)s, %(t)s, %(t)s, %(t)s, 3
 FROM generate_series(%(lo)s, %(hi)s) g
 """
 _BULK_EVENTS = """
 INSERT INTO ledger.events (job_id, version, type, at, data)
-SELECT g, v, (ARRAY['enqueued', 'started', 'succeeded'])[v]::ledger.event_type, %(t)s,
+SELECT g, v,
+       CASE v WHEN 1 THEN 'enqueued' WHEN 2 THEN 'started'
+              ELSE CASE WHEN g %% %(dead)s = 0 THEN 'discarded' ELSE 'succeeded' END END::ledger.event_type,
+       %(t)s,
        CASE v WHEN 1 THEN jsonb_build_object('kind', 'noop', 'queue', 'default', 'priority', 5, 'args', '{}'::jsonb,
                                              'max_attempts', 1, 'run_at', %(t)s::timestamptz)
               WHEN 2 THEN '{"worker": "w", "attempt": 1}'::jsonb
-              ELSE '{}'::jsonb END
+              ELSE CASE WHEN g %% %(dead)s = 0 THEN '{"attempt": 1, "error": "boom"}'::jsonb ELSE '{}'::jsonb END END
 FROM generate_series(%(lo)s, %(hi)s) g CROSS JOIN generate_series(1, 3) v
+"""
+_BULK_DEAD = """
+INSERT INTO ledger.discarded
+SELECT d.* FROM ledger.jobs j, LATERAL ledger.discarded_row(j) d
+WHERE j.id BETWEEN %(lo)s AND %(hi)s AND j.state = 'discarded'
 """
 
 
-def build_history(url: str, events: int) -> float:
-    """Add `events` events of finished jobs (in chunks); returns seconds taken."""
+def build_history(url: str, events: int, *, age: timedelta = timedelta(days=1), dead_every: int = 0) -> float:
+    """Add `events` events of jobs that finished `age` ago (in chunks); returns seconds taken.
+
+    With `dead_every` = n, every n-th job was discarded instead of succeeding.
+    """
     started = time.perf_counter()
     jobs = events // 3
+    dead = dead_every or jobs + 2**40  # no id is a multiple of a number that large
     with psycopg.connect(url, autocommit=True) as conn:
-        t = conn.execute("SELECT now() - interval '1 day'").fetchone()[0]  # type: ignore[index]
+        t = conn.execute("SELECT now() - %s::interval", [age]).fetchone()[0]  # type: ignore[index]
         base = conn.execute("SELECT nextval('ledger.job_id_seq')").fetchone()[0]  # type: ignore[index]
+        conn.execute("SELECT ledger.events_partitions_ensure(%s)", [base + jobs])
         chunk = 250_000
         for lo in range(base, base + jobs, chunk):
             hi = min(lo + chunk - 1, base + jobs - 1)
+            params = {"lo": lo, "hi": hi, "t": t, "dead": dead}
             with conn.transaction():
-                conn.execute(_BULK_JOBS, {"lo": lo, "hi": hi, "t": t})
-                conn.execute(_BULK_EVENTS, {"lo": lo, "hi": hi, "t": t})
+                conn.execute(_BULK_JOBS, params)
+                conn.execute(_BULK_EVENTS, params)
+                conn.execute(_BULK_DEAD, params)
         conn.execute("SELECT setval('ledger.job_id_seq', %s)", [base + jobs])
         conn.execute("VACUUM ANALYZE ledger.jobs")
         conn.execute("VACUUM ANALYZE ledger.events")

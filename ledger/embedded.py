@@ -107,8 +107,12 @@ def server_running(data_dir: Path) -> bool:
     return _alive(pid)
 
 
-def stop_server(data_dir: Path) -> bool:
-    """Stop the embedded server if it runs; True if it was running."""
+def stop_server(data_dir: Path, mode: str = "fast") -> bool:
+    """Stop the embedded server if it runs; True if it was running.
+
+    `mode` is pg_ctl's: fast (roll back sessions, checkpoint) or immediate (a
+    crash as far as the data is concerned: recovery from the WAL at next start).
+    """
     data_dir = data_dir.resolve()
     if not server_running(data_dir):
         return False
@@ -120,5 +124,5 @@ def stop_server(data_dir: Path) -> bool:
     version = int((pgdata / "PG_VERSION").read_text().strip())
     user = "pgserver" if os.geteuid() == 0 else None
     del pgserver
-    pgexec("pg_ctl", ("-w", "-D", str(pgdata), "-m", "fast", "stop"), bin_path=POSTGRES_VERSIONS[version], user=user)
+    pgexec("pg_ctl", ("-w", "-D", str(pgdata), "-m", mode, "stop"), bin_path=POSTGRES_VERSIONS[version], user=user)
     return True

@@ -104,6 +104,8 @@ def prune(
     `lock_timeout` (a long transaction is reading or writing it) is tried
     `attempts` times, then reported busy and left for the next prune: while
     the prune waits for its lock, appends queue behind it, so the wait is kept short.
+    Keep `lock_timeout` below the server's deadlock_timeout (1 s by default): in
+    a lock cycle with a worker, the prune then gives up first, not the worker.
     """
     if older_than < timedelta(0):
         raise InvalidArguments("older_than must not be negative", ["older_than"])

@@ -61,6 +61,7 @@ class Worker:
         self.running: dict[int, Job] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0  # cycles between take() and settle(): their jobs are not in `running` yet
+        self.claims_sent = 0  # cycles that asked for jobs, ever: lets the orphan check see a claim it raced
         self.stats: Counter[str] = Counter()  # cycles, claimed, recorded, cycle_ms: logged at stop
         self.stopping = False
         self.abandoning = anyio.Event()
@@ -205,9 +206,35 @@ class Worker:
             try:
                 async with self.pool.connection() as conn:
                     await conn.execute(query("worker_heartbeat"), params)
+                    await self._return_orphans(conn)
             except psycopg.OperationalError as exc:
                 log.warning("heartbeat failed (database unavailable): %s", exc)
             await anyio.sleep(self.config.lease / 3)
+
+    async def _return_orphans(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Rescue jobs running under this worker's name that it does not know it holds.
+
+        A claim can commit while its answer is lost with the connection (the
+        server restarted after the commit, before the reply). Those jobs are
+        `running` under a worker whose heartbeat goes on, so the rescue would
+        never take them: this check, once per heartbeat, does. It compares only
+        when no cycle is in flight and none started meanwhile, because a claim
+        in flight holds jobs the worker has not seen yet.
+        """
+        if self.in_flight or self.stopping:
+            return
+        sent = self.claims_sent
+        cur = await conn.execute(query("jobs_running_for_worker"), {"worker": self.config.id})
+        held = {r[0] for r in await cur.fetchall()}
+        if self.in_flight or self.claims_sent != sent:
+            return
+        orphans = sorted(held - self.running.keys())
+        if not orphans:
+            return
+        meta = Jsonb({"reason": "claimed, but the claim's answer was lost with the connection"})
+        cur = await conn.execute(query("job_rescue_orphans"), {"ids": orphans, "metadata": meta})
+        rescued = [r[0] for r in await cur.fetchall()]
+        log.warning("returned %d job(s) whose claim answer was lost to work: %s", len(rescued), rescued)
 
     # ------------------------------------------------------------ fetching
 
@@ -251,6 +278,7 @@ class Worker:
         if not batch and not wanted:
             return False
         self.in_flight += 1
+        self.claims_sent += bool(wanted)
         claimed: dict[str, list[Job]] = {}
         rows: list[Any] = []
         try:

@@ -97,3 +97,11 @@ SELECT lo, hi, name, pruned_at FROM ledger.events_partitions ORDER BY lo;
 
 -- name: events_prune_partition
 SELECT * FROM ledger.events_prune_partition(%(lo)s, %(cutoff)s, %(purge_discarded)s);
+
+-- name: jobs_running_for_worker
+SELECT id FROM ledger.jobs WHERE state = 'running' AND worker = %(worker)s;
+
+-- name: job_rescue_orphans
+-- Jobs a live worker holds in the database but not in memory (a claim whose
+-- answer was lost): rescued whatever its lease says.
+SELECT id FROM ledger.job_rescue('infinity', %(ids)s, %(metadata)s);
