@@ -33,6 +33,10 @@ db-stop:
 web *ARGS:
     gunicorn -c web/gunicorn_conf.py {{ARGS}} web.wsgi:app
 
+# Workers SIGKILLed every 2 s, one PostgreSQL crash, an idle transaction: prints lost/stuck/duplicates.
+chaos *ARGS:
+    python -m tests.chaos {{ARGS}}
+
 # Retention with a million finished jobs: sizes before/after a prune, its time, the present's speed.
 retention *ARGS:
     python -m bench.retention {{ARGS}}

@@ -260,3 +260,16 @@ def test_the_worker_prunes_finished_history_on_its_retention_schedule(
     workers[0].wait_for("retention: pruned")
     assert workers[0].stop() == 0
     assert store.projections_diff() == []
+
+
+def test_jobs_claimed_in_a_live_workers_name_but_unknown_to_it_are_returned_to_work(
+    db_url: str, store: Store, side: psycopg.Connection[DictRow], workers: list[WorkerProcess]
+) -> None:
+    # What a claim whose commit succeeded but whose answer was lost leaves behind.
+    w = WorkerProcess(db_url, *QUIET, "--lease", "2", "--poll-interval", "3600", name="forgetful").started()
+    workers.append(w)
+    [job] = store.enqueue_many([("sleep", {}, "parked", 5, 5, None)])
+    store.claim("parked", 1, "forgetful")
+    w.wait_for("returned 1 job(s) whose claim answer was lost to work")
+    assert [e.type.value for e in store.events_for_job(job)][-1] == "rescued"
+    assert w.stop() == 0
