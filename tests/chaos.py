@@ -188,8 +188,9 @@ class Chaos:
 
     def idle_transaction(self) -> None:
         """Jobs flow while a transaction sits idle with a snapshot and an xid; throughput during and after."""
+        # Enough for both windows at twice the pace seen under the kills (which slow it).
         rate = self.result["jobs"] / max(self.result["seconds"], 1e-9)
-        backlog = int(rate * 3 * (2 * self.idle_seconds + 5)) + 1000
+        backlog = int(rate * 2 * (2 * self.idle_seconds + 3)) + 1000
         ids = self.enqueue(backlog)
         with connect(self.url) as conn:
             time.sleep(2)  # the workers reach their pace before the transaction opens
@@ -207,7 +208,7 @@ class Chaos:
         self.result["idle_during"] = during / self.idle_seconds
         self.result["idle_after"] = after / self.idle_seconds
         self.result["idle_backlog_exhausted"] = exhausted
-        wait_until(lambda: self.settled(ids), timeout=max(120.0, backlog / 200), what="the idle-phase backlog")
+        # What is left of the backlog is not waited for: this phase measures pace, the first one loss.
 
     @staticmethod
     def _done(conn: Any, ids: list[int]) -> int:
