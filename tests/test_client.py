@@ -48,7 +48,7 @@ def test_enqueue_uses_the_kinds_options_and_validated_args(db_url: str, store: S
 def test_an_unknown_kind_is_refused_listing_the_known_ones(db_url: str, conn: psycopg.Connection[DictRow]) -> None:
     with Client(db_url, registry=registry()) as client, pytest.raises(UnknownKind) as refused:
         client.enqueue("emial", {"to": "x"})
-    assert str(refused.value) == "unknown job kind 'emial'; known kinds: email, heartbeat, ledger.rescue"
+    assert str(refused.value) == "unknown job kind 'emial'; known kinds: email, heartbeat, ledger.prune, ledger.rescue"
     assert count_events(conn) == 0
 
 

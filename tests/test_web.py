@@ -196,6 +196,7 @@ def test_the_openapi_document_lists_exactly_the_routes_the_app_serves(client: fa
     assert doc == document(builtin_registry())
     assert [v["properties"]["kind"]["enum"] for v in doc["components"]["schemas"]["JobRequest"]["oneOf"]] == [
         ["heartbeat"],
+        ["ledger.prune"],
         ["ledger.rescue"],
     ]
     assert {p: set(ops) for p, ops in doc["paths"].items()} == served
