@@ -78,7 +78,7 @@ def test_enqueue_refuses_bad_input_with_a_clear_message_and_writes_nothing(db_ur
     cases = {
         ("enqueue", "heartbeat", "--args", "{oops"): (2, "--args is not valid JSON"),
         ("enqueue", "heartbeat", "--args", "[1]"): (2, "--args must be a JSON object"),
-        ("enqueue", "nosuch"): (1, "unknown job kind 'nosuch'; known kinds: heartbeat, ledger.rescue"),
+        ("enqueue", "nosuch"): (1, "unknown job kind 'nosuch'; known kinds: heartbeat, ledger.prune, ledger.rescue"),
         ("enqueue", "heartbeat", "--args", '{"x": 1}'): (1, "field 'x': Extra inputs are not permitted"),
         ("enqueue", "heartbeat", "--priority", "11"): (1, "field 'priority'"),
     }
