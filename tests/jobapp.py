@@ -113,3 +113,22 @@ class Free(BaseModel):
 @default_registry.kind("free", args=Free)
 async def free(ctx: JobContext[Free]) -> None:
     return None
+
+
+_live = 0
+
+
+@default_registry.kind("crowd", queue="crowd")
+def crowd(ctx: JobContext[NoArgs]) -> None:
+    """Leaves how many `crowd` bodies ran at once in this worker when it started: a concurrency check."""
+    global _live
+    with _lock:
+        _live += 1
+        peak = _live
+    try:
+        with _pool(ctx.database_url).connection() as conn:
+            conn.execute("INSERT INTO executions (job_id, worker) VALUES (%s, %s)", [ctx.id, f"live:{peak}"])
+        time.sleep(0.05)
+    finally:
+        with _lock:
+            _live -= 1

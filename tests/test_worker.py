@@ -273,3 +273,14 @@ def test_jobs_claimed_in_a_live_workers_name_but_unknown_to_it_are_returned_to_w
     w.wait_for("returned 1 job(s) whose claim answer was lost to work")
     assert [e.type.value for e in store.events_for_job(job)][-1] == "rescued"
     assert w.stop() == 0
+
+
+def test_a_queue_never_runs_more_bodies_at_once_than_its_concurrency(
+    db_url: str, store: Store, side: psycopg.Connection[DictRow], workers: list[WorkerProcess]
+) -> None:
+    workers.append(WorkerProcess(db_url, *QUIET, "--queues", "crowd=3", name="crowd").started())
+    ids = store.enqueue_many([("crowd", {}, "crowd", 5, 1, None)] * 30)
+    wait_until(lambda: states(store, ids)["succeeded"] == 30, timeout=60, what="30 crowd jobs")
+    live = [int(r["worker"].split(":")[1]) for r in side.execute("SELECT worker FROM executions").fetchall()]
+    assert len(live) == 30 and max(live) == 3
+    assert workers[0].stop() == 0

@@ -329,12 +329,22 @@ class Worker:
         }  # fmt: skip
 
     async def _run_job(self, job: Job) -> None:
+        slot = True
         try:
             outcome = await execute(job, self.registry, self.config.id, self.url)
+            # The slot is free once the body is done, not once its outcome is
+            # committed: the next cycle then records this success and claims a
+            # replacement in one transaction. (Freed at the commit, every other
+            # cycle found no free slot and only recorded: measured, it halved
+            # the drain.) The job stays in `running` until its outcome is recorded.
+            self.active[job.queue] -= 1
+            slot = False
+            self.wake()
             # Once an outcome exists it is a finished fact: an abandon must not cancel
             # its recording, which goes on (shielded) while this task ends.
             await asyncio.shield(self.completer.record(outcome))
         finally:
-            self.active[job.queue] -= 1
+            if slot:
+                self.active[job.queue] -= 1
+                self.wake()
             self.running.pop(job.id, None)
-            self.wake()

@@ -70,7 +70,7 @@ async def fill(n: str) -> None:
 async def worker(concurrency: str, cycles: str = "2") -> None:
     config = WorkerConfig(
         queues=f"default={concurrency}", cycles=int(cycles), poll_interval=1.0,
-        heartbeat_every=3600, rescue_every=3600, id="bench",
+        heartbeat_every=3600, rescue_every=3600, retention="off", id="bench",
     )  # fmt: skip
     setup_logging()  # INFO: start-up and the "worker stopped" line with cycle statistics
     w = Worker(config, registry, DATABASE_URL)
