@@ -1,0 +1,78 @@
+"""Where a drain's time goes: one worker process, its jobs/s and the CPU of the worker and of PostgreSQL.
+
+    python -m bench.cpu ledger 20000          # or pgqueuer_b50, pgqueuer, procrastinate
+    python -m bench.cpu ledger 60000 spy.txt  # also a py-spy profile of the worker (raw, collapsed stacks)
+
+The drain of `just bench`, measured from the GO line to the last job counted
+done, with every process's CPU time read before and after. A worker and a
+server that are both well below a core each mean the two wait on each other
+(too little in flight); one at a full core means that side is the limit.
+Needs a PostgreSQL whose processes this user can read (DATABASE_URL, or the
+embedded server) and psutil (the bench extra).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import psutil
+import psycopg
+
+from bench.harness import SYSTEMS, go, stop
+from ledger.db import database_url
+
+
+def cpu_times() -> dict[tuple[str, int], float]:
+    """CPU seconds of every PostgreSQL and benchmark-peer process, by (role, pid)."""
+    out: dict[tuple[str, int], float] = {}
+    for p in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            role = "postgres" if p.info["name"] == "postgres" or "postgres:" in cmd else None
+            role = role or ("worker" if "bench.peers" in cmd else None)
+            if role:
+                t = p.info["cpu_times"]
+                out[(role, p.pid)] = t.user + t.system
+        except (psutil.Error, TypeError):
+            continue
+    return out
+
+
+def main() -> None:
+    name = sys.argv[1] if len(sys.argv) > 1 else "ledger"
+    jobs = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000
+    profile = sys.argv[3] if len(sys.argv) > 3 else None
+    system = next(s for s in SYSTEMS if s.name == name)
+    url = system.fresh(database_url())
+    system.call(url, "fill", str(jobs))
+    procs = system.workers(url, 1)
+    spy = None
+    if profile:
+        record = ["py-spy", "record", "-p", str(procs[0].pid), "-o", profile, "--format", "raw", "-r", "250"]
+        spy = subprocess.Popen([*record, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            time.sleep(0.5)
+            before = cpu_times()
+            started = time.perf_counter()
+            go(procs)
+            while system.done(conn, jobs) < jobs:
+                time.sleep(0.01)
+            elapsed = time.perf_counter() - started
+            after = cpu_times()
+    finally:
+        if spy:
+            spy.send_signal(2)
+            spy.wait()
+        stop(procs)
+    used: dict[str, float] = {}
+    for key, seconds in after.items():
+        used[key[0]] = used.get(key[0], 0.0) + seconds - before.get(key, 0.0)
+    split = ", ".join(f"{role} {s:.2f} cpu-s ({s / elapsed:.0%} of a core)" for role, s in sorted(used.items()))
+    print(f"{name}: {jobs / elapsed:,.0f} jobs/s ({jobs:,} in {elapsed:.2f}s); {split}")
+
+
+if __name__ == "__main__":
+    main()
