@@ -33,6 +33,15 @@ def small_partitions(conn: psycopg.Connection[DictRow], size: int = 100) -> int:
     return first
 
 
+def full_partition(store: Store) -> tuple[int, list[int], int]:
+    """Small partitions, the first filled with 100 jobs of queue q and closed by one more job
+    in the next (queue `later`): (the first partition's lo, its job ids, the later job's id)."""
+    first = small_partitions(store.conn)
+    ids = enqueue(store, 100)
+    [later] = enqueue(store, 1, queue="later")
+    return first, ids, later
+
+
 def enqueue(store: Store, n: int, queue: str = "q", max_attempts: int = 1) -> list[int]:
     return store.enqueue_many([("k", {}, queue, 5, max_attempts, None)] * n)
 
@@ -77,25 +86,21 @@ def test_enqueue_creates_partitions_ahead_of_the_job_ids(store: Store, conn: psy
 def test_prune_drops_a_partition_whose_jobs_all_finished_before_the_cutoff(
     store: Store, conn: psycopg.Connection[DictRow]
 ) -> None:
-    first = small_partitions(conn)
-    enqueue(store, 100)
-    later = enqueue(store, 1, queue="later")  # the next partition: the first one takes no new ids
+    first, _, later = full_partition(store)
     run(store, 100)
     report = prune(conn, NOW)
     assert [(p.lo, p.action, p.jobs_removed, p.events_removed) for p in report.partitions if p.lo == first] == [
         (first, "dropped", 100, 300)
     ]
     assert first not in partitions(conn)
-    assert job_ids(conn) == set(later) and count_events(conn) == 1
+    assert job_ids(conn) == {later} and count_events(conn) == 1
     assert Store(conn).projections_diff() == []
 
 
 def test_prune_rewrites_a_partition_and_discarded_and_unfinished_jobs_keep_their_full_history(
     store: Store, conn: psycopg.Connection[DictRow]
 ) -> None:
-    first = small_partitions(conn)
-    ids = enqueue(store, 100)
-    enqueue(store, 1, queue="later")
+    first, ids, _ = full_partition(store)
     run(store, 85)
     dead = run(store, 5, outcome="fail")
     cancelled = ids[90:92]
@@ -131,9 +136,7 @@ def test_prune_rewrites_a_partition_and_discarded_and_unfinished_jobs_keep_their
 def test_prune_keeps_jobs_that_finished_after_the_cutoff_and_partitions_still_taking_ids(
     store: Store, conn: psycopg.Connection[DictRow]
 ) -> None:
-    first = small_partitions(conn)
-    enqueue(store, 100)
-    enqueue(store, 1, queue="later")
+    first, _, _ = full_partition(store)
     run(store, 100)
     run(store, 1, queue="later")
     report = prune(conn, timedelta(hours=1))
@@ -147,9 +150,7 @@ def test_prune_keeps_jobs_that_finished_after_the_cutoff_and_partitions_still_ta
 def test_prune_leaves_a_partition_where_fewer_than_half_the_jobs_can_go(
     store: Store, conn: psycopg.Connection[DictRow]
 ) -> None:
-    first = small_partitions(conn)
-    enqueue(store, 100)
-    enqueue(store, 1, queue="later")
+    first, _, _ = full_partition(store)
     run(store, 40)
     [part] = [p for p in prune(conn, NOW).partitions if p.lo == first]
     assert (part.action, part.jobs_removed, part.jobs_kept) == ("kept", 0, 60)
@@ -159,9 +160,7 @@ def test_prune_leaves_a_partition_where_fewer_than_half_the_jobs_can_go(
 def test_discarded_jobs_survive_a_prune_unless_purged_on_purpose(
     store: Store, conn: psycopg.Connection[DictRow]
 ) -> None:
-    first = small_partitions(conn)
-    enqueue(store, 100)
-    enqueue(store, 1, queue="later")
+    first, _, _ = full_partition(store)
     dead = run(store, 100, outcome="fail")
     assert {p.lo: p.action for p in prune(conn, NOW).partitions}[first] == "kept"
     assert len(store.discarded(limit=200)) == 100
@@ -173,9 +172,7 @@ def test_discarded_jobs_survive_a_prune_unless_purged_on_purpose(
 def test_a_prune_that_cannot_get_its_lock_reports_busy_and_changes_nothing(
     store: Store, conn: psycopg.Connection[DictRow], db_url: str
 ) -> None:
-    first = small_partitions(conn)
-    enqueue(store, 100)
-    enqueue(store, 1, queue="later")
+    first, _, _ = full_partition(store)
     run(store, 100)
     with connect(db_url, autocommit=False) as reader:
         reader.execute("SELECT count(*) FROM ledger.events")  # a long transaction holding a read lock
@@ -187,9 +184,7 @@ def test_a_prune_that_cannot_get_its_lock_reports_busy_and_changes_nothing(
 
 def test_prune_from_the_command_line_and_its_refusals(db_url: str, conn: psycopg.Connection[DictRow]) -> None:
     store = Store(conn)
-    first = small_partitions(conn)
-    enqueue(store, 100)
-    enqueue(store, 1, queue="later")
+    first, _, _ = full_partition(store)
     run(store, 100)
     out = ledger("prune", "--older-than", "0s", url=db_url)
     assert out.returncode == 0, out.stderr
