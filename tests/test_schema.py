@@ -67,3 +67,13 @@ def test_a_batch_enqueue_notifies_each_queue_once_per_statement(db_url: str, sto
         store.enqueue_many([("k", {}, "a", 5, 1, later["t"])])  # scheduled: nothing to wake for
         channels = [n.channel for n in listener.notifies(timeout=0.5)]
     assert sorted(channels) == ["ledger.a", "ledger.b"]
+
+
+def test_the_fast_job_row_factory_builds_what_validation_would(store: Store) -> None:
+    from ledger.models import Job, job_rows
+
+    [job_id] = store.enqueue_many([("k", {"a": [1, "x"]}, "q", 3, 2, None)])
+    store.claim("q", 1, "w")
+    with store.conn.cursor(row_factory=job_rows) as cur:
+        [fast] = cur.execute("SELECT * FROM ledger.jobs WHERE id = %s", [job_id], binary=True).fetchall()
+    assert fast == store.job(job_id) == Job.model_validate(fast.model_dump())

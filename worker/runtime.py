@@ -23,7 +23,6 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -37,7 +36,7 @@ from psycopg_pool import AsyncConnectionPool
 from ledger.db import connect
 from ledger.kinds import HEARTBEAT, PRUNE, RESCUE, Registry
 from ledger.migrate import migrate
-from ledger.models import Job
+from ledger.models import Job, job_rows
 from ledger.queries import query
 
 from .completer import Completer
@@ -49,31 +48,6 @@ from .periodic import Scheduler
 __all__ = ["Worker"]
 
 log = logging.getLogger("worker")
-
-
-_JOB_FIELDS = frozenset(Job.model_fields)
-
-
-def _job_rows(cursor: Any) -> Callable[[Sequence[Any]], Job]:
-    """Row factory: rows of ledger.jobs straight into Job objects, without validation.
-
-    They come from the database as the table defines them, so there is nothing
-    to validate; this is what Job.model_construct does, minus its per-field
-    loop (about 5% of the worker's time at full drain, py-spy).
-    """
-    names = [c.name for c in cursor.description]
-    new = Job.__new__
-    setattr_ = object.__setattr__
-
-    def make(values: Sequence[Any]) -> Job:
-        job = new(Job)
-        setattr_(job, "__dict__", dict(zip(names, values, strict=True)))
-        setattr_(job, "__pydantic_fields_set__", _JOB_FIELDS)
-        setattr_(job, "__pydantic_extra__", None)
-        setattr_(job, "__pydantic_private__", None)
-        return job
-
-    return make
 
 
 class Worker:
@@ -319,7 +293,7 @@ class Worker:
                 # pipeline and BEGIN/COMMIT takes Python and server work off pickup latency.
                 [(queue, n)] = wanted.items()
                 async with self.pool.connection() as conn:
-                    cur = conn.cursor(row_factory=_job_rows)
+                    cur = conn.cursor(row_factory=job_rows)
                     await cur.execute(query("job_claim"), self._claim_params(queue, n), binary=True)
                     claimed[queue] = await cur.fetchall()
             else:
@@ -368,7 +342,7 @@ class Worker:
             done_cur = conn.cursor(row_factory=dict_row)
             if batch:
                 await done_cur.execute(query("job_succeed_many"), self.completer.succeed_params(batch), binary=True)
-            claim_curs = {q: conn.cursor(row_factory=_job_rows) for q in wanted}
+            claim_curs = {q: conn.cursor(row_factory=job_rows) for q in wanted}
             for queue, n in wanted.items():
                 # Binary results: timestamps and arrays parse several times faster than text.
                 await claim_curs[queue].execute(query("job_claim"), self._claim_params(queue, n), binary=True)
