@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -284,3 +284,16 @@ def test_a_queue_never_runs_more_bodies_at_once_than_its_concurrency(
     live = [int(r["worker"].split(":")[1]) for r in side.execute("SELECT worker FROM executions").fetchall()]
     assert len(live) == 30 and max(live) == 3
     assert workers[0].stop() == 0
+
+
+def test_a_worker_of_other_queues_runs_the_rescue_on_a_queue_it_serves(
+    db_url: str, store: Store, workers: list[WorkerProcess]
+) -> None:
+    [job] = store.enqueue_many([("noop", {}, "mail", 5, 3, None)])
+    store.claim("mail", 1, "ghost", lease=timedelta(seconds=1))  # a worker that then vanished
+    w = WorkerProcess(db_url, "--queues", "mail=2", "--rescue-every", "1", "--poll-interval", "0.2", name="mailer")
+    workers.append(w.started())
+    wait_until(lambda: (j := store.job(job)) is not None and j.state.value == "succeeded", what="the rescue")
+    history = [e.type.value for e in store.events_for_job(job)]
+    assert history == ["enqueued", "started", "rescued", "started", "succeeded"]
+    assert w.stop() == 0

@@ -18,6 +18,7 @@ rescue pass return them to work. Nothing is lost either way.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import signal
@@ -34,7 +35,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from ledger.db import connect
-from ledger.kinds import HEARTBEAT, PRUNE, RESCUE, Registry
+from ledger.kinds import DEFAULT_QUEUE, HEARTBEAT, PRUNE, RESCUE, Registry
 from ledger.migrate import migrate
 from ledger.models import Job, job_rows
 from ledger.queries import query
@@ -68,6 +69,14 @@ class Worker:
         self.abandoning = anyio.Event()
         self.stop_requested = anyio.Event()
         self._wakes: list[anyio.Event] = []
+        # Maintenance runs on a queue this worker serves: a worker of `mail` alone
+        # would otherwise enqueue its rescue and prune into `default`, where no one
+        # takes them, and a dead worker's jobs would never come back.
+        if DEFAULT_QUEUE not in self.limits:
+            home = next(iter(self.limits))
+            for name in (HEARTBEAT, RESCUE, PRUNE):
+                if name in registry.kinds:
+                    registry.kinds[name] = dataclasses.replace(registry.kinds[name], queue=home)
         # The configured periods replace the built-in defaults.
         registry.periodic(HEARTBEAT, timedelta(seconds=config.heartbeat_every))
         registry.periodic(RESCUE, timedelta(seconds=config.rescue_every))
