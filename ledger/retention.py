@@ -21,10 +21,7 @@ from psycopg.rows import DictRow
 from .errors import InvalidArguments
 from .queries import query
 
-__all__ = ["DEFAULT_RETENTION", "PartitionOutcome", "PruneReport", "format_duration", "parse_duration", "prune"]
-
-DEFAULT_RETENTION = timedelta(days=7)
-"""How long finished jobs keep their history when nobody says otherwise."""
+__all__ = ["PartitionOutcome", "PruneReport", "parse_duration", "prune"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
@@ -40,14 +37,6 @@ def parse_duration(text: str) -> timedelta:
             ["older_than"],
         )
     return timedelta(seconds=sum(float(n) * _UNITS[unit] for n, unit in parts))
-
-
-def format_duration(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 @dataclass(frozen=True)

@@ -128,8 +128,13 @@ class Chaos:
             ).fetchall()
         return {r["state"]: r["n"] for r in rows}
 
+    def finished(self, ids: list[int]) -> int:
+        """How many of `ids` are in a terminal state."""
+        counts = self.counts(ids)
+        return sum(counts.get(s, 0) for s in TERMINAL)
+
     def settled(self, ids: list[int]) -> bool:
-        return sum(self.counts(ids).get(s, 0) for s in TERMINAL) == len(ids)
+        return self.finished(ids) == len(ids)
 
     def enqueue(self, n: int) -> list[int]:
         ids: list[int] = []
@@ -157,7 +162,7 @@ class Chaos:
         next_kill = began + self.kill_every
         deadline = began + max(600.0, self.jobs / 20)
         while time.monotonic() < deadline:
-            done = sum(self.counts(ids).get(s, 0) for s in TERMINAL)
+            done = self.finished(ids)
             if done == len(ids):
                 break
             now = time.monotonic()
@@ -192,30 +197,25 @@ class Chaos:
         rate = self.result["jobs"] / max(self.result["seconds"], 1e-9)
         backlog = int(rate * 2 * (2 * self.idle_seconds + 3)) + 1000
         ids = self.enqueue(backlog)
-        with connect(self.url) as conn:
-            time.sleep(2)  # the workers reach their pace before the transaction opens
-            holder = connect(self.url, autocommit=False)
+
+        def succeeded() -> int:
+            return self.counts(ids).get("succeeded", 0)
+
+        time.sleep(2)  # the workers reach their pace before the transaction opens
+        with connect(self.url, autocommit=False) as holder:
             holder.execute("SELECT txid_current(), count(*) FROM ledger.jobs")  # an xid and a snapshot, then idle
-            before = self._done(conn, ids)
+            before = succeeded()
             time.sleep(self.idle_seconds)
-            during = self._done(conn, ids) - before
+            during = succeeded() - before
             holder.rollback()
-            holder.close()
-            before = self._done(conn, ids)
-            time.sleep(self.idle_seconds)
-            after = self._done(conn, ids) - before
-            exhausted = self._done(conn, ids) == len(ids)
+        before = succeeded()
+        time.sleep(self.idle_seconds)
+        after = succeeded() - before
+        exhausted = succeeded() == len(ids)
         self.result["idle_during"] = during / self.idle_seconds
         self.result["idle_after"] = after / self.idle_seconds
         self.result["idle_backlog_exhausted"] = exhausted
         # What is left of the backlog is not waited for: this phase measures pace, the first one loss.
-
-    @staticmethod
-    def _done(conn: Any, ids: list[int]) -> int:
-        row = conn.execute(
-            "SELECT count(*) AS n FROM ledger.jobs WHERE id = ANY(%s) AND state = 'succeeded'", [ids]
-        ).fetchone()
-        return int(row["n"])
 
     def run(self) -> dict[str, Any]:
         self.setup()

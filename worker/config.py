@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ledger.errors import InvalidArguments
 from ledger.retention import parse_duration
 
-__all__ = ["WorkerConfig", "parse_queues"]
+__all__ = ["WorkerConfig", "parse_queues", "parse_retention"]
 
 
 def _default_id() -> str:
@@ -35,6 +35,16 @@ def parse_queues(spec: str) -> dict[str, int]:
     if not queues:
         raise ValueError("at least one queue is needed, e.g. default=10")
     return queues
+
+
+def parse_retention(spec: str) -> timedelta | None:
+    """`7d`, `12h`, `2w` -> timedelta; `off` -> None (history kept forever)."""
+    if spec.strip().lower() == "off":
+        return None
+    try:
+        return parse_duration(spec)
+    except InvalidArguments as exc:
+        raise ValueError(f"{exc}, or off") from None
 
 
 class WorkerConfig(BaseSettings):
@@ -76,17 +86,13 @@ class WorkerConfig(BaseSettings):
     @field_validator("retention")
     @classmethod
     def _retention_parse(cls, value: str) -> str:
-        if value.strip().lower() != "off":
-            try:
-                parse_duration(value)
-            except InvalidArguments as exc:
-                raise ValueError(f"{exc}, or off") from None
+        parse_retention(value)
         return value
 
     @property
     def retention_period(self) -> timedelta | None:
         """None when retention is off."""
-        return None if self.retention.strip().lower() == "off" else parse_duration(self.retention)
+        return parse_retention(self.retention)
 
     @property
     def queue_limits(self) -> dict[str, int]:

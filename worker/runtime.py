@@ -370,31 +370,28 @@ class Worker:
         }  # fmt: skip
 
     async def _run_job(self, job: Job) -> None:
-        slot = True
-        handed_over = False
+        # The slot is free once the body is done, not once its outcome is
+        # committed: the next cycle then records this success and claims a
+        # replacement in one transaction. (Freed at the commit, every other
+        # cycle found no free slot and only recorded: measured, it halved
+        # the drain.) The job stays in `running` until its outcome is recorded.
         try:
             outcome = await execute(job, self.registry, self.config.id, self.url)
-            # The slot is free once the body is done, not once its outcome is
-            # committed: the next cycle then records this success and claims a
-            # replacement in one transaction. (Freed at the commit, every other
-            # cycle found no free slot and only recorded: measured, it halved
-            # the drain.) The job stays in `running` until its outcome is recorded.
+        except BaseException:
+            self.running.pop(job.id, None)  # abandoned: nothing to record
+            raise
+        finally:
             self.active[job.queue] -= 1
-            slot = False
             self.wake()
-            if outcome.kind == "succeeded":
-                # Handed to the next cycle; this task ends now (no task waits per
-                # job) and the job leaves `running` when the cycle has committed it.
-                recorded = self.completer.submit(outcome)
-                recorded.add_done_callback(lambda _: self.running.pop(job.id, None))
-                handed_over = True
-                return
+        if outcome.kind == "succeeded":
+            # Handed to the next cycle; this task ends now (no task waits per
+            # job) and the job leaves `running` when the cycle has committed it.
+            recorded = self.completer.submit(outcome)
+            recorded.add_done_callback(lambda _: self.running.pop(job.id, None))
+            return
+        try:
             # Once an outcome exists it is a finished fact: an abandon must not cancel
             # its recording, which goes on (shielded) while this task ends.
             await asyncio.shield(self.completer.record(outcome))
         finally:
-            if slot:
-                self.active[job.queue] -= 1
-                self.wake()
-            if not handed_over:
-                self.running.pop(job.id, None)
+            self.running.pop(job.id, None)
