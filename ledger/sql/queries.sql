@@ -23,10 +23,10 @@ SELECT state, queue, count(*) AS count FROM ledger.jobs GROUP BY state, queue OR
 -- args travel as one JSON array (one json.dumps for the batch, not one per job),
 -- unpacked here into the jsonb[] the function takes.
 SELECT ledger.job_enqueue_many(
-    %(kinds)s::text[],
+    %(kinds)b::text[],
     ARRAY(SELECT e FROM jsonb_array_elements(%(args)s::jsonb) WITH ORDINALITY AS x(e, i) ORDER BY i),
-    %(queues)s::text[], %(priorities)s::int[],
-    %(max_attempts)s::int[], %(run_ats)s::timestamptz[], %(metadata)s) AS id;
+    %(queues)b::text[], %(priorities)b::int[],
+    %(max_attempts)b::int[], %(run_ats)s::timestamptz[], %(metadata)s) AS id;
 
 -- name: job_claim
 SELECT * FROM ledger.job_claim(%(queue)s, %(n)s, %(worker)s, %(lease)s, %(metadata)s);

@@ -5,16 +5,9 @@
 -- After this script, `ledger migrate` re-creates every function from
 -- schema.sql's `functions` section.
 
--- Functions go first: some take ledger.events' row type, which the rename
--- below would otherwise leave them holding. CASCADE takes the triggers too.
-DO $$
-DECLARE
-    f regprocedure;
-BEGIN
-    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p WHERE p.pronamespace = 'ledger'::regnamespace LOOP
-        EXECUTE format('DROP FUNCTION %s CASCADE', f);
-    END LOOP;
-END $$;
+-- `ledger migrate` has dropped every ledger function before this script
+-- runs: some take ledger.events' row type, which the rename below would
+-- otherwise leave them holding.
 
 ALTER TABLE ledger.events RENAME TO events_v1;
 ALTER INDEX ledger.events_pkey RENAME TO events_v1_pkey;
