@@ -69,6 +69,8 @@ class Worker:
         self.abandoning = anyio.Event()
         self.stop_requested = anyio.Event()
         self._wakes: list[anyio.Event] = []
+        self._claimer: psycopg.AsyncConnection[Any] | None = None  # see _lone_claim
+        self._claimer_busy = False
         # Maintenance runs on a queue this worker serves: a worker of `mail` alone
         # would otherwise enqueue its rescue and prune into `default`, where no one
         # takes them, and a dead worker's jobs would never come back.
@@ -137,6 +139,8 @@ class Worker:
                 services.cancel_scope.cancel()
             await self._leave()
         finally:
+            if self._claimer is not None:
+                await self._claimer.close()
             await pool.close()
         cycles = self.stats["cycles"] or 1
         log.info("worker stopped", extra={
@@ -297,14 +301,8 @@ class Worker:
         rows: list[Any] = []
         try:
             if not batch and len(wanted) == 1:
-                # Nothing to record, one queue: the claim alone, as one autocommit
-                # statement. This is the idle worker woken by a NOTIFY; skipping the
-                # pipeline and BEGIN/COMMIT takes Python and server work off pickup latency.
                 [(queue, n)] = wanted.items()
-                async with self.pool.connection() as conn:
-                    cur = conn.cursor(row_factory=job_rows)
-                    await cur.execute(query("job_claim"), self._claim_params(queue, n), binary=True)
-                    claimed[queue] = await cur.fetchall()
+                claimed[queue] = await self._lone_claim(queue, n)
             else:
                 claimed, rows = await self._cycle_pipelined(batch, wanted)
         except BaseException:
@@ -331,6 +329,33 @@ class Worker:
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
         return more or self.completer.has_pending
+
+    async def _lone_claim(self, queue: str, n: int) -> list[Job]:
+        """The claim alone, as one autocommit statement, on the worker's own connection if it is free.
+
+        This is the idle worker woken by a NOTIFY: skipping the pipeline and
+        BEGIN/COMMIT, and the pool's checkout and return (0.17 ms p50 of a
+        0.72 ms claim, measured here), takes that work off pickup latency.
+        """
+        if self._claimer_busy:
+            async with self.pool.connection() as conn:
+                return await self._claim_on(conn, queue, n)
+        self._claimer_busy = True
+        try:
+            if self._claimer is None or self._claimer.closed:
+                self._claimer = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+            try:
+                return await self._claim_on(self._claimer, queue, n)
+            except psycopg.OperationalError:
+                await self._claimer.close()  # broken: the next lone claim opens a new one
+                raise
+        finally:
+            self._claimer_busy = False
+
+    async def _claim_on(self, conn: psycopg.AsyncConnection[Any], queue: str, n: int) -> list[Job]:
+        cur = conn.cursor(row_factory=job_rows)
+        await cur.execute(query("job_claim"), self._claim_params(queue, n), binary=True)
+        return await cur.fetchall()
 
     async def _cycle_pipelined(
         self, batch: list[Any], wanted: dict[str, int]
