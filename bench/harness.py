@@ -18,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["SYSTEMS", "System", "as_url", "free_udp_port"]
+__all__ = ["FLOOR", "SYSTEMS", "System", "as_url", "free_udp_port"]
 
 
 def as_url(conninfo: str) -> str:
@@ -180,3 +180,9 @@ SYSTEMS = [
         "SELECT count(*) FROM pgqueuer", "PgQueuer 1.6 b50", remaining=True,
     ),
 ]  # fmt: skip
+
+# Latency only: the same probe against a bare LISTEN + SKIP LOCKED claim (bench/peers/floor_peer.py).
+FLOOR = System(
+    "floor", "bench.peers.floor_peer", (), "no library: LISTEN + one autocommit SKIP LOCKED claim",
+    "SELECT count(*) FROM floor_jobs WHERE state = 1", "PostgreSQL floor",
+)  # fmt: skip

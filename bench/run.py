@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 
 from bench import ceiling, history
-from bench.harness import SYSTEMS, as_url, drain, latency
+from bench.harness import FLOOR, SYSTEMS, System, as_url, drain, latency
 from ledger.db import database_url
 
 RESULTS = Path(__file__).with_name("results")
@@ -65,9 +65,9 @@ class Recorder:
         print("  ", json.dumps(row), file=sys.stderr, flush=True)
 
 
-def interleaved(plan: Plan, rec: Recorder, scenario: str, run: Any) -> None:
+def interleaved(plan: Plan, rec: Recorder, scenario: str, run: Any, systems: list[System] = SYSTEMS) -> None:
     for rep in range(plan.reps):
-        for system in SYSTEMS:
+        for system in systems:
             result = run(system)
             rec.add(scenario=scenario, system=system.name, rep=rep, **result)
 
@@ -81,7 +81,7 @@ def run_peers(plan: Plan, server: str, rec: Recorder) -> None:
         print(f"drain: {plan.drain_jobs} no-op jobs, {procs} worker process(es)", file=sys.stderr)
         interleaved(plan, rec, f"drain_{procs}p", lambda s, p=procs: drain(s, server, plan.drain_jobs, p))
     print(f"pickup latency: {plan.latency_jobs} jobs 20 ms apart to an idle worker", file=sys.stderr)
-    interleaved(plan, rec, "latency", lambda s: latency(s, server, plan.latency_jobs, 20))
+    interleaved(plan, rec, "latency", lambda s: latency(s, server, plan.latency_jobs, 20), [*SYSTEMS, FLOOR])
 
 
 def run_history(plan: Plan, server: str, rec: Recorder) -> None:
@@ -144,6 +144,12 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     row("pickup latency p50 (ms)", "latency", "p50")
     row("pickup latency p95 (ms)", "latency", "p95")
     row("pickup latency p99 (ms)", "latency", "p99")
+    floor = by.get(("latency", FLOOR.name))
+    if floor:
+        lines.append(
+            "pickup floor, no library (LISTEN + one committed SKIP LOCKED claim), ms: "
+            + ", ".join(f"{k} {_fmt([r[k] for r in floor])}" for k in ("p50", "p95", "p99"))
+        )
     drains = [r for r in rows if r["scenario"] == "drain_1p"]
     if drains:
         best_peer = max(
