@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from datetime import timedelta
@@ -66,6 +67,11 @@ def build_history(url: str, events: int, *, age: timedelta = timedelta(days=1), 
         conn.execute("SELECT setval('ledger.job_id_seq', %s)", [base + jobs])
         conn.execute("VACUUM ANALYZE ledger.jobs")
         conn.execute("VACUUM ANALYZE ledger.events")
+        # Write the bulk load out now: measured right after it, the present paid for
+        # the checkpoint flushing gigabytes of it (single enqueues 26% slower at 5M
+        # events in one run), which is the load's cost, not the history's.
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CHECKPOINT")
     return time.perf_counter() - started
 
 

@@ -12,6 +12,7 @@ stdout, JSON lines in bench/results/, and a chart (PNG) beside them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -73,10 +74,15 @@ def interleaved(plan: Plan, rec: Recorder, scenario: str, run: Any, systems: lis
 
 
 def run_peers(plan: Plan, server: str, rec: Recorder) -> None:
+    # The enqueue runs take seconds and swing ±15% with the machine's moment:
+    # more repetitions for them, so the median means something.
+    enqueue_plan = dataclasses.replace(plan, reps=plan.reps + 2)
     print(f"enqueue: one job per transaction x {plan.single}", file=sys.stderr)
-    interleaved(plan, rec, "enqueue_single", lambda s: s.call(s.fresh(server), "enqueue-single", str(plan.single)))
+    interleaved(enqueue_plan, rec, "enqueue_single",
+                lambda s: s.call(s.fresh(server), "enqueue-single", str(plan.single)))  # fmt: skip
     print(f"enqueue: batches of 1,000, {plan.batch} jobs", file=sys.stderr)
-    interleaved(plan, rec, "enqueue_batch", lambda s: s.call(s.fresh(server), "enqueue-batch", str(plan.batch), "1000"))
+    interleaved(enqueue_plan, rec, "enqueue_batch",
+                lambda s: s.call(s.fresh(server), "enqueue-batch", str(plan.batch), "1000"))  # fmt: skip
     for procs in plan.drain_processes:
         print(f"drain: {plan.drain_jobs} no-op jobs, {procs} worker process(es)", file=sys.stderr)
         interleaved(plan, rec, f"drain_{procs}p", lambda s, p=procs: drain(s, server, plan.drain_jobs, p))
