@@ -41,7 +41,7 @@ chaos *ARGS:
 retention *ARGS:
     python -m bench.retention {{ARGS}}
 
-# The benchmark beside Procrastinate and PgQueuer (installs the bench extra). `just bench --quick` for ~1.5 min.
+# The benchmark beside Procrastinate and PgQueuer (installs the bench extra). `just bench --quick` for ~2.5 min.
 bench *ARGS:
     pip install -q -e '.[dev,bench]'
     python -m bench.run {{ARGS}}

@@ -1,7 +1,7 @@
 """`just bench`: ledger beside Procrastinate and PgQueuer, interleaved, on one PostgreSQL.
 
     python -m bench.run            # the full run (15-25 minutes on 2 cores)
-    python -m bench.run --quick    # about a minute and a half, for day-to-day use
+    python -m bench.run --quick    # about two and a half minutes, for day-to-day use
 
 DATABASE_URL picks the server (else the embedded one). Every scenario runs
 each system in turn (A, B, C, A, B, C, ...) so drift on a noisy machine hits
@@ -221,6 +221,10 @@ def chart(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path) -> None:
             ax.axhline(ceiling_claim, color="#b3261e", linestyle="--", linewidth=1,
                        label="pgbench: 1 claim per commit, 8 clients")  # fmt: skip
             ax.legend(fontsize=7, loc="upper right")
+        if scenario == "latency" and (floor := med(scenario, key, FLOOR.name)):
+            ax.axhline(floor, color="#b3261e", linestyle="--", linewidth=1,
+                       label="no library: LISTEN + one committed claim")  # fmt: skip
+            ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(f"ledger vs peers — {meta['date']} — {meta['machine']} — PostgreSQL {meta['postgres']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -228,7 +232,7 @@ def chart(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small numbers, about a minute and a half")
+    parser.add_argument("--quick", action="store_true", help="small numbers, about two and a half minutes")
     parser.add_argument("--only", choices=["peers", "history", "ceiling"], action="append")
     parser.add_argument("--from", dest="source", type=Path, help="redraw the table and chart of a saved .jsonl run")
     args = parser.parse_args()
@@ -245,9 +249,9 @@ def main() -> None:
         pg_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         if conn.execute("SHOW synchronous_commit").fetchone()[0] != "on":  # type: ignore[index]
             print("warning: synchronous_commit is not on: commits are not durable", file=sys.stderr)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "")
     RESULTS.mkdir(exist_ok=True)
-    rec = Recorder(RESULTS / f"{stamp}{'-quick' if args.quick else ''}.jsonl")
+    rec = Recorder(RESULTS / f"{stamp}.jsonl")
     meta = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
