@@ -1,6 +1,6 @@
 -- Upgrade a version-2 ledger to version 3: no table changes. The enqueue
--- checks its rows in one set-based pass (ledger.valid_kind,
--- ledger.valid_queue) instead of a plpgsql call per row, and
--- ledger._check_lengths is gone: `ledger migrate` drops every ledger function
--- and re-creates them from schema.sql's `functions` section, which is all
--- this version needs.
+-- checks its rows in one set-based pass (ledger._enqueue_problem, inlined)
+-- instead of two plpgsql calls per row, and ledger._check_enqueue and
+-- ledger._check_lengths are gone: `ledger migrate` drops every ledger
+-- function and re-creates them from schema.sql's `functions` section, which
+-- is all this version needs.
