@@ -91,27 +91,25 @@ def prepare(registry: Registry, items: Iterable[Mapping[str, Any]]) -> list[Enqu
             raise InvalidArguments(
                 "field 'run_at': must carry a time zone (e.g. 2026-01-01T09:00:00+00:00)", ["run_at"]
             )
-    args: list[str] = [""] * len(reqs)
+    rows: list[EnqueueRow] = [None] * len(reqs)  # type: ignore[list-item]  # each filled below, in input order
     for name, where in by_kind.items():
+        kind = registry.get(name)
         validated = registry.validate_args_many(name, [reqs[i].get("args") for i in where], where)
         for i, value in zip(where, validated, strict=True):
-            # After validation too: defaults and validators may add to the args.
-            args[i] = dump_json(value)
-    rows: list[EnqueueRow] = []
-    for req, text in zip(reqs, args, strict=True):
-        kind = registry.get(req["kind"])
-        run_at = req.get("run_at")
-        priority = req.get("priority")
-        rows.append((
-            req["kind"],
-            text,
-            req.get("queue") or kind.queue,
-            kind.priority if priority is None else priority,
-            req.get("max_attempts") or kind.max_attempts,
-            # The same instant in UTC: PostgreSQL refuses offsets past ±15:59 that
-            # RFC 3339 allows (schemathesis found +17:42 ending in a 500).
-            run_at.astimezone(UTC) if run_at is not None else None,
-        ))  # fmt: skip
+            req = reqs[i]
+            run_at = req.get("run_at")
+            priority = req.get("priority")
+            rows[i] = (
+                name,
+                # After validation too: defaults and validators may add to the args.
+                dump_json(value),
+                req.get("queue") or kind.queue,
+                kind.priority if priority is None else priority,
+                req.get("max_attempts") or kind.max_attempts,
+                # The same instant in UTC: PostgreSQL refuses offsets past ±15:59 that
+                # RFC 3339 allows (schemathesis found +17:42 ending in a 500).
+                run_at.astimezone(UTC) if run_at is not None else None,
+            )
     return rows
 
 

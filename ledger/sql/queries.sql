@@ -20,8 +20,9 @@ LIMIT %(limit)s;
 SELECT state, queue, count(*) AS count FROM ledger.jobs GROUP BY state, queue ORDER BY state, queue;
 
 -- name: job_enqueue_many
--- args travel as one JSON array (one json.dumps for the batch, not one per job),
--- unpacked here into the jsonb[] the function takes.
+-- args travel as one JSON array (the client joins the texts it dumped and
+-- checked, one per job), unpacked here into the jsonb[] the function takes;
+-- the other arrays go binary, which psycopg builds far faster than text.
 SELECT ledger.job_enqueue_many(
     %(kinds)b::text[],
     ARRAY(SELECT e FROM jsonb_array_elements(%(args)s::jsonb) WITH ORDINALITY AS x(e, i) ORDER BY i),
