@@ -45,3 +45,7 @@ retention *ARGS:
 bench *ARGS:
     pip install -q -e '.[dev,bench]'
     python -m bench.run {{ARGS}}
+
+# Regenerate the sync store (ledger/store.py) from ledger/store_async.py; a test fails when they differ.
+store:
+    python scripts/async_to_sync.py

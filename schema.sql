@@ -1,6 +1,6 @@
 -- ledger schema: the database's API.
 --
--- schema-version: 3
+-- schema-version: 4
 --
 -- The record of truth is ledger.events, an append-only table of job events.
 -- ledger.jobs (current state) and ledger.discarded (dead letters) are
@@ -375,14 +375,6 @@ BEGIN
     RETURN n;
 END $$;
 
--- Default retry delay after attempt `attempt` failed: attempt^4 seconds plus
--- one, capped at a day, with up to 10% jitter so a burst of failures does
--- not retry in lockstep. 25 attempts span about three weeks.
-CREATE FUNCTION ledger.backoff(attempt int)
-RETURNS interval LANGUAGE sql VOLATILE AS $$
-    SELECT make_interval(secs => least(power(greatest(attempt, 1), 4) + 1, 86400) * (1 + random() * 0.1))
-$$;
-
 -- What is wrong with one job's enqueue options, or NULL if nothing is: the
 -- one statement of the rules, with the LG004 message naming the field. One
 -- SQL expression, so PostgreSQL inlines it into job_enqueue_many's
@@ -493,8 +485,9 @@ CREATE FUNCTION ledger.job_enqueue(
 $$;
 
 -- Record that a worker is alive for `lease` more. Its running jobs are safe
--- from rescue until expires_at.
-CREATE FUNCTION ledger.worker_heartbeat(worker text, lease interval DEFAULT '30 seconds')
+-- from rescue until expires_at. The lease has no default here: the caller's
+-- (ledger/defaults.py, the worker's --lease) is the one that counts.
+CREATE FUNCTION ledger.worker_heartbeat(worker text, lease interval)
 RETURNS timestamptz LANGUAGE sql AS $$
     INSERT INTO ledger.workers AS w (id, heartbeat_at, expires_at)
     VALUES (worker, now(), now() + lease)
@@ -524,7 +517,7 @@ CREATE FUNCTION ledger.job_claim(
     queue text,
     n int,
     worker text,
-    lease interval DEFAULT '30 seconds',
+    lease interval,
     metadata jsonb DEFAULT '{}'
 ) RETURNS SETOF ledger.jobs LANGUAGE plpgsql AS $$
 BEGIN
@@ -598,9 +591,10 @@ BEGIN
     SELECT i.id, d.id IS NOT NULL FROM input i LEFT JOIN done d ON d.id = i.id;
 END $$;
 
--- The attempt failed: retryable at retry_at (default now + backoff) while
--- attempts remain, else discarded into the dead-letter projection.
--- discard => true gives up at once (an error the job knows is permanent).
+-- The attempt failed: retryable at retry_at while attempts remain, else
+-- discarded into the dead-letter projection. discard => true gives up at
+-- once (an error the job knows is permanent). The backoff is the caller's:
+-- the worker passes the time ledger/retry_policy.py computes; NULL retries now.
 CREATE FUNCTION ledger.job_fail(
     job_id bigint,
     error text,
@@ -618,7 +612,7 @@ BEGIN
     END IF;
     RETURN ledger._append(j, j.id, 'failed',
         jsonb_build_object('error', error, 'attempt', j.attempt,
-                           'run_at', coalesce(retry_at, now() + ledger.backoff(j.attempt))),
+                           'run_at', coalesce(retry_at, now())),
         metadata);
 END $$;
 

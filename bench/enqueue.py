@@ -27,7 +27,7 @@ from bench.harness import SYSTEMS
 from bench.peers.ledger_peer import registry
 from ledger.client import prepare
 from ledger.db import database_url
-from ledger.store import enqueue_params
+from ledger.statements import enqueue_params
 
 N = 1000
 LEDGER = f"""SELECT count(*) FROM ledger.job_enqueue_many(

@@ -79,7 +79,7 @@ def scenario(server: str, jobs: int, partition_size: int, dead_every: int) -> li
     samples, thread = pauses_during(url, done)
     time.sleep(0.5)  # the enqueue loop is warm before the prune starts
     with connect(url) as conn:
-        report = prune(conn, timedelta(days=7))
+        report = prune(Store(conn), timedelta(days=7))
     done.set()
     thread.join()
     after = sizes(url)

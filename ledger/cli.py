@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import logging
 import os
@@ -11,17 +10,19 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 import typer
 
+from .apps import load_app
 from .client import Client
+from .console import fail
 from .db import connect, database_url
 from .errors import ConfigError, LedgerError
 from .kinds import default_registry
 from .logs import setup_logging
-from .migrate import current_version, migrate, schema_version
+from .migrate import migrate, schema_version
 from .models import Event, Job
 from .retention import parse_duration, prune
 from .settings import get_settings
@@ -35,11 +36,6 @@ app.add_typer(db_app, name="db")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def friendly(fn: Callable[P, R]) -> Callable[P, R]:
@@ -57,17 +53,6 @@ def friendly(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def load_app(module: str | None) -> None:
-    """Import an application module so its job kinds register (--app or LEDGER_APP)."""
-    module = module or os.environ.get("LEDGER_APP")
-    if not module:
-        return
-    try:
-        importlib.import_module(module)
-    except ImportError as exc:
-        fail(f"cannot import application module {module!r}: {exc}")
-
-
 @contextmanager
 def store() -> Iterator[Store]:
     """A store on a connection to a database that has the schema.
@@ -78,7 +63,7 @@ def store() -> Iterator[Store]:
     """
     with connect(database_url()) as conn:
         if get_settings().production:
-            have, want = current_version(conn), schema_version()
+            have, want = Store(conn).schema_version(), schema_version()
             if have != want:
                 raise ConfigError(f"the database's ledger schema is version {have}, not {want}; run `ledger migrate`")
         else:
@@ -255,7 +240,7 @@ def prune_cmd(
     """
     period = parse_duration(older_than)
     with store() as s:
-        report = prune(s.conn, period, purge_discarded=discarded)
+        report = prune(s, period, purge_discarded=discarded)
     for p in report.partitions:
         if p.action in ("dropped", "rewritten", "busy"):
             typer.echo(

@@ -4,58 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, NotRequired
+from typing import Any
 
 import psycopg
-from psycopg.rows import DictRow, tuple_row
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictInt,
-    StrictStr,
-    TypeAdapter,
-    ValidationError,
-)
-from typing_extensions import TypedDict
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .db import connect, database_url
-from .errors import InvalidArguments, refusals
+from .errors import InvalidArguments
 from .jsoncheck import check_json, dump_json
 from .kinds import Registry, default_registry, error_fields, format_validation_error
-from .queries import query
-from .store import EnqueueRow, enqueue_params
+from .models import JobRequest
+from .statements import EnqueueRow
+from .store import Store
+from .store_async import AsyncStore
 
 __all__ = ["AsyncClient", "Client", "JobRequest"]
-
-
-def _time_not_number(value: Any) -> Any:
-    # Lax pydantic would read 0.0 or "1700000000" as a Unix time; a job's time is ISO 8601.
-    if value is None or isinstance(value, datetime):
-        return value
-    if isinstance(value, str) and not value.strip().lstrip("-").replace(".", "", 1).isdigit():
-        return value
-    raise ValueError("must be an ISO 8601 date-time with a zone, e.g. 2030-01-01T09:00:00+00:00")
-
-
-class JobRequest(TypedDict):
-    """One job to enqueue, as a dict. Unset options take the kind's defaults. Strict: "5" is not a priority.
-
-    A TypedDict rather than a model: pydantic validates a list of them in one
-    call into plain dicts, which cost a quarter of the time of model instances
-    and leave the garbage collector nothing to trace (measured here).
-    """
-
-    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
-
-    kind: StrictStr
-    args: NotRequired[dict[str, Any]]
-    queue: NotRequired[Annotated[StrictStr | None, Field(pattern=r"^[A-Za-z0-9_.:-]{1,50}$")]]
-    priority: NotRequired[Annotated[StrictInt | None, Field(ge=0, le=9)]]
-    max_attempts: NotRequired[Annotated[StrictInt | None, Field(ge=1, le=1000)]]
-    run_at: NotRequired[Annotated[datetime | None, BeforeValidator(_time_not_number)]]
-
 
 _REQUESTS = TypeAdapter(list[JobRequest])
 
@@ -124,9 +87,9 @@ class Client:
     def __init__(self, url: str | None = None, *, registry: Registry = default_registry) -> None:
         self.url = url
         self.registry = registry
-        self._conn: psycopg.Connection[DictRow] | None = None
+        self._conn: psycopg.Connection[Any] | None = None
 
-    def _connection(self) -> psycopg.Connection[DictRow]:
+    def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.url or database_url())
         return self._conn
@@ -156,11 +119,7 @@ class Client:
     ) -> list[int]:
         """Enqueue many jobs in one statement; returns their ids in order."""
         rows = prepare(self.registry, jobs)
-        conn = conn or self._connection()
-        # The caller's connection may have any row factory; use our own cursor.
-        with conn.cursor(row_factory=tuple_row) as cur, refusals():
-            cur.execute(query("job_enqueue_many"), enqueue_params(rows, metadata))
-            return [r[0] for r in cur.fetchall()]
+        return Store(conn or self._connection()).enqueue_many(rows, metadata)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -204,11 +163,7 @@ class AsyncClient:
         metadata: dict[str, Any] | None = None,
     ) -> list[int]:
         rows = prepare(self.registry, jobs)
-        conn = conn or await self.connect()
-        async with conn.cursor(row_factory=tuple_row) as cur:
-            with refusals():
-                await cur.execute(query("job_enqueue_many"), enqueue_params(rows, metadata))
-            return [r[0] for r in await cur.fetchall()]
+        return await AsyncStore(conn or await self.connect()).enqueue_many(rows, metadata)
 
     async def connect(self) -> psycopg.AsyncConnection[Any]:
         """The client's own connection (autocommit), opened now if it is not open yet."""

@@ -18,7 +18,6 @@ What the package does that we work around:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -26,6 +25,8 @@ from pathlib import Path
 from types import ModuleType
 
 import psycopg
+
+from .store import Store
 
 __all__ = ["ensure_server", "server_running", "stop_server"]
 
@@ -88,12 +89,7 @@ def ensure_server(data_dir: Path) -> str:
     server = pgserver.get_server(pgdata, cleanup_mode=None)
     admin_url: str = server.get_uri(database="postgres")
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone()
-        if not exists:
-            # Another process may create it at the same moment (seen with two gunicorn
-            # workers: a UniqueViolation on pg_database); either way it exists after.
-            with contextlib.suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
-                conn.execute(f'CREATE DATABASE "{DATABASE}"')  # constant identifier
+        Store(conn).database_ensure(DATABASE)
     url: str = server.get_uri(database=DATABASE)
     return url
 

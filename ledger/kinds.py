@@ -1,25 +1,30 @@
-"""Job kinds: a registry from kind name to its args model, options and handler."""
+"""Job kinds: a registry from kind name to its args model, options and handler. No I/O here.
+
+The built-in kinds (heartbeat, ledger.rescue, ledger.prune) are defined here
+so that any client can enqueue them; their handlers and schedules belong to
+the worker (worker/maintenance.py), which attaches them to its own view of
+the registry.
+"""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
+from . import defaults
 from .errors import InvalidArguments, UnknownKind
 from .models import Job
+from .retry_policy import Backoff
 
 __all__ = [
-    "DEFAULT_MAX_ATTEMPTS",
-    "DEFAULT_PRIORITY",
-    "DEFAULT_QUEUE",
     "HEARTBEAT",
     "PRUNE",
     "RESCUE",
+    "Handler",
     "JobCancel",
     "JobContext",
     "JobDiscard",
@@ -35,17 +40,11 @@ __all__ = [
     "format_validation_error",
 ]
 
-DEFAULT_QUEUE = "default"
-DEFAULT_PRIORITY = 5
-DEFAULT_MAX_ATTEMPTS = 25  # with the schema's backoff: about three weeks of retries
-DEFAULT_TIMEOUT = 300.0
-
 HEARTBEAT = "heartbeat"
 RESCUE = "ledger.rescue"
 PRUNE = "ledger.prune"
 
 A = TypeVar("A", bound=BaseModel)
-log = logging.getLogger("ledger.jobs")
 
 
 class NoArgs(BaseModel):
@@ -106,13 +105,13 @@ class Kind(Generic[A]):
     name: str
     args_model: type[A]
     handler: Handler | None = None
-    queue: str = DEFAULT_QUEUE
-    priority: int = DEFAULT_PRIORITY
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    timeout: float = DEFAULT_TIMEOUT
+    queue: str = defaults.QUEUE
+    priority: int = defaults.PRIORITY
+    max_attempts: int = defaults.MAX_ATTEMPTS
+    timeout: float = defaults.TIMEOUT
     """Seconds an attempt may run before it is cancelled and counted as failed."""
-    backoff: Callable[[int], float] | None = None
-    """Seconds to wait after failed attempt n; None uses the schema's ledger.backoff()."""
+    backoff: Backoff | None = None
+    """Seconds to wait after failed attempt n; None uses ledger/retry_policy.py's default."""
 
 
 @dataclass(frozen=True)
@@ -182,11 +181,11 @@ class Registry:
         name: str,
         *,
         args: type[BaseModel] = NoArgs,
-        queue: str = DEFAULT_QUEUE,
-        priority: int = DEFAULT_PRIORITY,
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        timeout: float = DEFAULT_TIMEOUT,
-        backoff: Callable[[int], float] | None = None,
+        queue: str = defaults.QUEUE,
+        priority: int = defaults.PRIORITY,
+        max_attempts: int = defaults.MAX_ATTEMPTS,
+        timeout: float = defaults.TIMEOUT,
+        backoff: Backoff | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator registering a handler as the work of kind `name`."""
 
@@ -246,23 +245,17 @@ class Registry:
         dumped: list[dict[str, Any]] = adapter.dump_python(models, mode="json")
         return dumped
 
-    def copy(self) -> Registry:
-        return Registry(dict(self.kinds), dict(self.periodic_jobs), list(self.error_hooks))
+    def extended(self, kinds: Iterable[Kind[Any]] = (), periodic: Iterable[Periodic] = ()) -> Registry:
+        """A new registry: these kinds and periodic jobs over this one's (which stays as it is).
 
-
-def _heartbeat(ctx: JobContext[NoArgs]) -> None:
-    log.info("worker heartbeat", extra={"job_id": ctx.id, "worker": ctx.worker})
-
-
-def _rescue(ctx: JobContext[NoArgs]) -> None:
-    # Imported here: the store needs a connection, the kinds module does not.
-    from .db import connect
-    from .store import Store
-
-    with connect(ctx.database_url) as conn:
-        rescued = Store(conn).rescue()
-    if rescued:
-        log.info("rescued %d job(s) of vanished workers: %s", len(rescued), [j.id for j in rescued])
+        The worker runs on such a view, with the built-in kinds' handlers and
+        its own schedule, so it never changes the process-wide registry.
+        """
+        return Registry(
+            {**self.kinds, **{k.name: k for k in kinds}},
+            {**self.periodic_jobs, **{p.name: p for p in periodic}},
+            self.error_hooks,
+        )
 
 
 class PruneArgs(BaseModel):
@@ -271,28 +264,16 @@ class PruneArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     older_than_seconds: float = Field(ge=0)
-    purge_discarded: bool = False
-
-
-def _prune(ctx: JobContext[PruneArgs]) -> None:
-    from .db import connect
-    from .retention import prune
-
-    with connect(ctx.database_url) as conn:
-        report = prune(conn, timedelta(seconds=ctx.args.older_than_seconds), purge_discarded=ctx.args.purge_discarded)
-    log.info("retention: %s", report)
+    purge_discarded: StrictBool = False
 
 
 def builtin_registry() -> Registry:
-    """A registry holding only the built-in kinds and their periodic schedule."""
+    """A registry holding only the built-in kinds (definitions; the worker brings their handlers)."""
     registry = Registry()
-    registry.add(Kind(HEARTBEAT, NoArgs, _heartbeat, max_attempts=1, timeout=30.0))
-    registry.add(Kind(RESCUE, NoArgs, _rescue, queue=DEFAULT_QUEUE, priority=0, max_attempts=1, timeout=60.0))
+    registry.add(Kind(HEARTBEAT, NoArgs, max_attempts=1, timeout=30.0))
+    registry.add(Kind(RESCUE, NoArgs, priority=0, max_attempts=1, timeout=60.0))
     # One attempt: the next period's prune is the retry. An hour to walk every partition.
-    registry.add(Kind(PRUNE, PruneArgs, _prune, queue=DEFAULT_QUEUE, priority=9, max_attempts=1, timeout=3600.0))
-    # The worker re-registers these with its configured periods.
-    registry.periodic(HEARTBEAT, timedelta(minutes=1))
-    registry.periodic(RESCUE, timedelta(seconds=30))
+    registry.add(Kind(PRUNE, PruneArgs, priority=9, max_attempts=1, timeout=3600.0))
     return registry
 
 

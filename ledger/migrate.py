@@ -12,11 +12,12 @@ from __future__ import annotations
 import re
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import psycopg
-from psycopg.rows import DictRow
 
 from .errors import ConfigError
+from .store import Store
 
 __all__ = [
     "MigrateResult",
@@ -36,7 +37,7 @@ _UPGRADES = Path(__file__).with_name("upgrades")
 # Before an upgrade: every function goes (CASCADE takes the triggers), so the
 # upgrade scripts may change the tables their signatures name, and functions
 # a version removed do not linger; functions_sql() then re-creates them all.
-_DROP_FUNCTIONS = b"""
+_DROP_FUNCTIONS = """
 DO $$
 DECLARE
     f regprocedure;
@@ -85,12 +86,9 @@ def upgrade_sql(version: int) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def current_version(conn: psycopg.Connection[DictRow]) -> int | None:
-    row = conn.execute("SELECT to_regclass('ledger.schema_version') IS NOT NULL AS present").fetchone()
-    if not row or not row["present"]:
-        return None
-    row = conn.execute("SELECT max(version) AS v FROM ledger.schema_version").fetchone()
-    return None if row is None else row["v"]
+def current_version(conn: psycopg.Connection[Any]) -> int | None:
+    """The ledger schema's version in the database; None when it has none."""
+    return Store(conn).schema_version()
 
 
 class MigrateResult:
@@ -108,12 +106,13 @@ class MigrateResult:
         return f"schema applied: version {self.before or 'none'} -> {self.after}"
 
 
-def migrate(conn: psycopg.Connection[DictRow]) -> MigrateResult:
+def migrate(conn: psycopg.Connection[Any]) -> MigrateResult:
     """Bring the database to this code's schema version; a no-op when it is there already."""
     target = schema_version()
+    store = Store(conn)
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
-        before = current_version(conn)
+        store.migrate_lock(_LOCK_KEY)
+        before = store.schema_version()
         if before == target:
             return MigrateResult(before, target)
         if before is not None and before > target:
@@ -122,11 +121,11 @@ def migrate(conn: psycopg.Connection[DictRow]) -> MigrateResult:
                 "upgrade ledger before running it against this database"
             )
         if before is None:
-            conn.execute(schema_sql().encode())
+            store.run_script(schema_sql())
         else:
-            conn.execute(_DROP_FUNCTIONS)
+            store.run_script(_DROP_FUNCTIONS)
             for version in range(before + 1, target + 1):
-                conn.execute(upgrade_sql(version).encode())
-            conn.execute(functions_sql().encode())
-        conn.execute("INSERT INTO ledger.schema_version (version) VALUES (%s)", [target])
+                store.run_script(upgrade_sql(version))
+            store.run_script(functions_sql())
+        store.schema_version_record(target)
     return MigrateResult(before, target)

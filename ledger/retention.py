@@ -15,11 +15,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import psycopg
-from psycopg.rows import DictRow
-
 from .errors import InvalidArguments
-from .queries import query
+from .models import Partition
+from .store import Store
 
 __all__ = ["PartitionOutcome", "PruneReport", "parse_duration", "prune"]
 
@@ -78,7 +76,7 @@ class PruneReport:
 
 
 def prune(
-    conn: psycopg.Connection[DictRow],
+    store: Store,
     older_than: timedelta,
     *,
     purge_discarded: bool = False,
@@ -88,7 +86,7 @@ def prune(
     """Remove the jobs that finished more than `older_than` ago, with their events.
 
     Succeeded and cancelled jobs go; discarded jobs keep their history unless
-    `purge_discarded`. `conn` must be in autocommit mode: each partition is
+    `purge_discarded`. The store's connection must be autocommit: each partition is
     its own transaction. A partition whose lock is not granted within
     `lock_timeout` (a long transaction is reading or writing it) is tried
     `attempts` times, then reported busy and left for the next prune: while
@@ -99,42 +97,27 @@ def prune(
     if older_than < timedelta(0):
         raise InvalidArguments("older_than must not be negative", ["older_than"])
     started = time.perf_counter()
-    row = conn.execute("SELECT now() - %s::interval AS cutoff", [older_than]).fetchone()
-    assert row is not None
-    report = PruneReport(cutoff=row["cutoff"])
-    for part in conn.execute(query("events_partitions")).fetchall():
-        report.partitions.append(_prune_one(conn, part, report.cutoff, purge_discarded, lock_timeout, attempts))
+    report = PruneReport(cutoff=store.db_now_minus(older_than))
+    for part in store.events_partitions():
+        report.partitions.append(_prune_one(store, part, report.cutoff, purge_discarded, lock_timeout, attempts))
     report.seconds = time.perf_counter() - started
     return report
 
 
 def _prune_one(
-    conn: psycopg.Connection[DictRow],
-    part: DictRow,
+    store: Store,
+    part: Partition,
     cutoff: datetime,
     purge_discarded: bool,
     lock_timeout: timedelta,
     attempts: int,
 ) -> PartitionOutcome:
-    timeout = f"{max(1, int(lock_timeout.total_seconds() * 1000))}ms"
     for attempt in range(attempts):
-        try:
-            with conn.transaction():
-                conn.execute("SELECT set_config('lock_timeout', %s, true)", [timeout])
-                [out] = conn.execute(
-                    query("events_prune_partition"),
-                    {"lo": part["lo"], "cutoff": cutoff, "purge_discarded": purge_discarded},
-                ).fetchall()
-        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+        out = store.events_prune_partition(part.lo, cutoff, purge_discarded=purge_discarded, lock_timeout=lock_timeout)
+        if out is None:  # its locks were not granted in time: a long transaction holds them
             time.sleep(0.1 * (attempt + 1))
             continue
         return PartitionOutcome(
-            part["name"],
-            part["lo"],
-            part["hi"],
-            out["action"],
-            out["jobs_removed"],
-            out["events_removed"],
-            out["jobs_kept"],
+            part.name, part.lo, part.hi, out["action"], out["jobs_removed"], out["events_removed"], out["jobs_kept"]
         )
-    return PartitionOutcome(part["name"], part["lo"], part["hi"], "busy")
+    return PartitionOutcome(part.name, part.lo, part.hi, "busy")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["CLAIMABLE", "FINISHED", "EventType", "JobState"]
+__all__ = ["EventType", "JobState"]
 
 
 class JobState(StrEnum):
@@ -24,10 +24,6 @@ class JobState(StrEnum):
     """Terminal: stopped on purpose, by an operator or the job itself. Replay revives it."""
     DISCARDED = "discarded"
     """Terminal: the last attempt failed. Listed in the discarded projection; replay revives it."""
-
-
-CLAIMABLE = frozenset({JobState.AVAILABLE, JobState.SCHEDULED, JobState.RETRYABLE})
-FINISHED = frozenset({JobState.SUCCEEDED, JobState.CANCELLED, JobState.DISCARDED})
 
 
 class EventType(StrEnum):

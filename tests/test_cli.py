@@ -86,7 +86,7 @@ def test_enqueue_refuses_bad_input_with_a_clear_message_and_writes_nothing(db_ur
         out = ledger(*args, url=db_url)
         assert out.returncode == code, (args, out.stderr)
         assert message in out.stderr, (args, out.stderr)
-    assert store.counts_by_state() == []
+    assert store.job_counts() == []
     ok = ledger("enqueue", "heartbeat", url=db_url)
     assert ok.returncode == 0 and ok.stdout.startswith("enqueued heartbeat job id=")
 

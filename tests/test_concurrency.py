@@ -35,5 +35,5 @@ def test_concurrent_claims_take_every_job_exactly_once(db_url: str, store: Store
     counts = Counter(claimed)
     assert len(counts) == total
     assert set(counts.values()) == {1}
-    assert {c.state for c in store.counts_by_state()} == {"succeeded"}
+    assert {c.state for c in store.job_counts()} == {"succeeded"}
     assert store.projections_diff() == []

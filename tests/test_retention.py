@@ -88,7 +88,7 @@ def test_prune_drops_a_partition_whose_jobs_all_finished_before_the_cutoff(
 ) -> None:
     first, _, later = full_partition(store)
     run(store, 100)
-    report = prune(conn, NOW)
+    report = prune(Store(conn), NOW)
     assert [(p.lo, p.action, p.jobs_removed, p.events_removed) for p in report.partitions if p.lo == first] == [
         (first, "dropped", 100, 300)
     ]
@@ -111,7 +111,7 @@ def test_prune_rewrites_a_partition_and_discarded_and_unfinished_jobs_keep_their
     history_before = events_of(conn, survivors)
     failed_before = store.discarded(limit=100)
 
-    [part] = [p for p in prune(conn, NOW).partitions if p.lo == first]
+    [part] = [p for p in prune(Store(conn), NOW).partitions if p.lo == first]
 
     assert (part.action, part.jobs_removed, part.jobs_kept) == ("rewritten", 87, 13)
     assert part.events_removed == 85 * 3 + 2 * 2
@@ -128,7 +128,7 @@ def test_prune_rewrites_a_partition_and_discarded_and_unfinished_jobs_keep_their
     # A second prune with everything finished drops the rewritten table.
     for job_id in [dead[0], *waiting]:
         store.succeed(job_id)
-    [again] = [p for p in prune(conn, NOW, purge_discarded=True).partitions if p.lo == first]
+    [again] = [p for p in prune(Store(conn), NOW, purge_discarded=True).partitions if p.lo == first]
     assert (again.action, again.jobs_removed) == ("dropped", 13)
     assert store.projections_diff() == []
 
@@ -139,12 +139,12 @@ def test_prune_keeps_jobs_that_finished_after_the_cutoff_and_partitions_still_ta
     first, _, _ = full_partition(store)
     run(store, 100)
     run(store, 1, queue="later")
-    report = prune(conn, timedelta(hours=1))
+    report = prune(Store(conn), timedelta(hours=1))
     actions = {p.lo: p.action for p in report.partitions}
     assert actions[first] == "kept" and actions[first + 100] == "open"
     assert report.jobs_removed == 0 and count_events(conn) == 303
     # Finished now, but its partition is still handing out ids: kept whatever the cutoff.
-    assert {p.lo: p.action for p in prune(conn, NOW).partitions}[first + 100] == "open"
+    assert {p.lo: p.action for p in prune(Store(conn), NOW).partitions}[first + 100] == "open"
 
 
 def test_prune_leaves_a_partition_where_fewer_than_half_the_jobs_can_go(
@@ -152,7 +152,7 @@ def test_prune_leaves_a_partition_where_fewer_than_half_the_jobs_can_go(
 ) -> None:
     first, _, _ = full_partition(store)
     run(store, 40)
-    [part] = [p for p in prune(conn, NOW).partitions if p.lo == first]
+    [part] = [p for p in prune(Store(conn), NOW).partitions if p.lo == first]
     assert (part.action, part.jobs_removed, part.jobs_kept) == ("kept", 0, 60)
     assert len(job_ids(conn)) == 101
 
@@ -162,9 +162,9 @@ def test_discarded_jobs_survive_a_prune_unless_purged_on_purpose(
 ) -> None:
     first, _, _ = full_partition(store)
     dead = run(store, 100, outcome="fail")
-    assert {p.lo: p.action for p in prune(conn, NOW).partitions}[first] == "kept"
+    assert {p.lo: p.action for p in prune(Store(conn), NOW).partitions}[first] == "kept"
     assert len(store.discarded(limit=200)) == 100
-    [part] = [p for p in prune(conn, NOW, purge_discarded=True).partitions if p.lo == first]
+    [part] = [p for p in prune(Store(conn), NOW, purge_discarded=True).partitions if p.lo == first]
     assert (part.action, part.jobs_removed) == ("dropped", 100)
     assert store.discarded(limit=200) == [] and not set(dead) & job_ids(conn)
 
@@ -176,10 +176,10 @@ def test_a_prune_that_cannot_get_its_lock_reports_busy_and_changes_nothing(
     run(store, 100)
     with connect(db_url, autocommit=False) as reader:
         reader.execute("SELECT count(*) FROM ledger.events")  # a long transaction holding a read lock
-        report = prune(conn, NOW, lock_timeout=timedelta(milliseconds=50), attempts=2)
+        report = prune(Store(conn), NOW, lock_timeout=timedelta(milliseconds=50), attempts=2)
         assert {p.lo: p.action for p in report.partitions}[first] == "busy"
         assert len(job_ids(conn)) == 101 and count_events(conn) == 301
-    assert {p.lo: p.action for p in prune(conn, NOW).partitions}[first] == "dropped"
+    assert {p.lo: p.action for p in prune(Store(conn), NOW).partitions}[first] == "dropped"
 
 
 def test_prune_from_the_command_line_and_its_refusals(db_url: str, conn: psycopg.Connection[DictRow]) -> None:
@@ -242,7 +242,7 @@ def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_history(server_
             [claimed] = store.claim("q", 1, "w")
             store.succeed(claimed.id)
             # The old table is a partition like any other: a prune rewrites it.
-            [part] = [p for p in prune(conn, NOW).partitions if p.lo == 0]
+            [part] = [p for p in prune(Store(conn), NOW).partitions if p.lo == 0]
             assert (part.action, part.jobs_removed, part.jobs_kept) == ("rewritten", 3, 1)
             assert store.projections_diff() == [] and len(store.discarded()) == 1
     finally:

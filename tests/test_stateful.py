@@ -27,6 +27,7 @@ from hypothesis.stateful import (
 )
 from psycopg.rows import DictRow
 
+from ledger import retry_policy
 from ledger.db import connect
 from ledger.errors import IllegalTransition, VersionConflict
 from ledger.models import Event
@@ -142,7 +143,8 @@ class LedgerMachine(RuleBasedStateMachine):
     def fail(self, job: int, due: bool, discard: bool, backoff: bool) -> None:
         before = self.folded[job]
         legal = before.state == "running"
-        retry_at = None if backoff else self.when(due)
+        # The worker's retry time: the retry policy's backoff, or a time of the test's choosing.
+        retry_at = retry_policy.retry_at(before.attempt, self.now, 0.5) if backoff else self.when(due)
         result = self.attempt(legal, lambda: self.store.fail(job, "boom", retry_at=retry_at, discard=discard))
         if result is not None:
             spent = discard or before.attempt >= before.max_attempts

@@ -131,7 +131,7 @@ def test_enqueue_refuses_invalid_input_naming_the_field(
     r = client.simulate_post("/api/jobs", json=body)
     assert r.status_code == status, r.text
     assert r.json["fields"] == fields and r.json["description"]
-    assert store.counts_by_state() == []
+    assert store.job_counts() == []
 
 
 def test_malformed_json_is_400_and_an_oversized_body_is_413(client: falcon.testing.TestClient, store: Store) -> None:
@@ -140,7 +140,7 @@ def test_malformed_json_is_400_and_an_oversized_body_is_413(client: falcon.testi
     big = json.dumps({"kind": "heartbeat", "args": {"x": "a" * 70_000}})
     huge = client.simulate_post("/api/jobs", body=big, headers={"content-type": "application/json"})
     assert huge.status_code == 413
-    assert store.counts_by_state() == []
+    assert store.job_counts() == []
 
 
 def test_list_jobs_filters_and_pages_by_keyset(client: falcon.testing.TestClient, store: Store) -> None:

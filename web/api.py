@@ -13,9 +13,10 @@ from ledger.errors import InvalidArguments
 from ledger.jsoncheck import check_json
 from ledger.kinds import Registry, error_fields, format_validation_error
 from ledger.states import JobState
-from ledger.store import Store
 
-__all__ = ["CountsResource", "JobActionResource", "JobResource", "JobsResource", "list_params"]
+from .stores import store
+
+__all__ = ["ActionBody", "CountsResource", "JobActionResource", "JobResource", "JobsResource", "list_params"]
 
 MAX_PAGE = 500
 
@@ -72,8 +73,8 @@ def _body(req: falcon.Request) -> dict[str, Any]:
 class JobsResource(_Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         params = list_params(req)
-        with self.pool.connection() as conn:
-            jobs = Store(conn).jobs(**params)
+        with store(self.pool) as s:
+            jobs = s.jobs(**params)
         resp.media = {
             "jobs": [j.model_dump(mode="json") for j in jobs],
             "next_before": jobs[-1].id if len(jobs) == params["limit"] else None,
@@ -81,8 +82,8 @@ class JobsResource(_Base):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = _body(req)
-        with self.pool.connection() as conn:
-            [job_id] = Client(registry=self.registry).enqueue_many([body], conn=conn, metadata={"via": "api"})
+        with store(self.pool) as s:
+            [job_id] = Client(registry=self.registry).enqueue_many([body], conn=s.conn, metadata={"via": "api"})
         resp.status = falcon.HTTP_201
         resp.location = f"/api/jobs/{job_id}"
         resp.media = {"id": job_id}
@@ -90,13 +91,15 @@ class JobsResource(_Base):
 
 class JobResource(_Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: int) -> None:
-        with self.pool.connection() as conn:
-            store = Store(conn)
-            job = store.job(job_id)
+        with store(self.pool) as s:
+            job = s.job(job_id)
             if job is None:
                 raise falcon.HTTPNotFound(title="job not found", description=f"job {job_id} not found")
-            events = store.events_for_job(job_id)
+            events = s.events_for_job(job_id)
         resp.media = {"job": job.model_dump(mode="json"), "events": [e.model_dump(mode="json") for e in events]}
+
+
+NO_NUL = "^[^\u0000]*$"  # PostgreSQL text cannot hold NUL
 
 
 class ActionBody(BaseModel):
@@ -104,8 +107,8 @@ class ActionBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    reason: str | None = Field(default=None, max_length=1000)
-    by: str | None = Field(default=None, max_length=200)
+    reason: str | None = Field(default=None, max_length=1000, pattern=NO_NUL)
+    by: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
 
 
 class JobActionResource(_Base):
@@ -122,17 +125,16 @@ class JobActionResource(_Base):
             raise InvalidArguments(f"invalid body: {format_validation_error(exc)}", error_fields(exc)) from None
         check_json(body.model_dump(), "(body)")
         reason, actor = body.reason, body.by or "api"
-        with self.pool.connection() as conn:
-            store = Store(conn)
+        with store(self.pool) as s:
             if self.action == "replay":
-                job = store.replay(job_id, actor=actor, reason=reason, metadata={"via": "api"})
+                job = s.replay(job_id, actor=actor, reason=reason, metadata={"via": "api"})
             else:
-                job = store.cancel(job_id, reason, metadata={"via": "api", "by": actor})
+                job = s.cancel(job_id, reason, metadata={"via": "api", "by": actor})
         resp.media = {"job": job.model_dump(mode="json")}
 
 
 class CountsResource(_Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        with self.pool.connection() as conn:
-            rows = Store(conn).job_counts()
-        resp.media = {"counts": [{**r, "state": str(r["state"])} for r in rows]}
+        with store(self.pool) as s:
+            counts = s.job_counts()
+        resp.media = {"counts": [c.model_dump(mode="json") for c in counts]}

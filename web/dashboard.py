@@ -14,10 +14,10 @@ from psycopg_pool import ConnectionPool
 
 from ledger.errors import LedgerError
 from ledger.states import JobState
-from ledger.store import Store
 
 from .api import list_params, text_param
 from .security import SESSION_COOKIE, csrf_token, session_value
+from .stores import store
 from .timeline import timeline
 
 __all__ = ["Dashboard"]
@@ -54,13 +54,12 @@ class _Page:
 
 class Overview(_Page):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        with self.pool.connection() as conn:
-            store = Store(conn)
-            rows = store.job_counts()
-            recent_failed = store.discarded(limit=5)
+        with store(self.pool) as s:
+            counts = s.job_counts()
+            recent_failed = s.discarded(limit=5)
         table: dict[str, dict[str, int]] = defaultdict(dict)
-        for r in rows:
-            table[r["queue"]][str(r["state"])] = r["count"]
+        for c in counts:
+            table[c.queue][c.state.value] = c.count
         self.render(req, resp, "overview.html", table=dict(sorted(table.items())), states=list(JobState),
                     recent_failed=recent_failed)  # fmt: skip
 
@@ -71,8 +70,8 @@ class Jobs(_Page):
             params = list_params(req)
         except LedgerError as exc:
             raise falcon.HTTPSeeOther("/jobs?" + urlencode({"error": str(exc)})) from None
-        with self.pool.connection() as conn:
-            jobs = Store(conn).jobs(**params)
+        with store(self.pool) as s:
+            jobs = s.jobs(**params)
         older = None
         if len(jobs) == params["limit"]:
             keep = {k: v for k, v in params.items() if v is not None and k != "before"}
@@ -86,17 +85,16 @@ class Failed(_Page):
             kind, queue = text_param(req, "kind"), text_param(req, "queue")
         except LedgerError as exc:
             raise falcon.HTTPSeeOther("/failed?" + urlencode({"error": str(exc)})) from None
-        with self.pool.connection() as conn:
-            rows = Store(conn).discarded(kind=kind, queue=queue, limit=200)
+        with store(self.pool) as s:
+            rows = s.discarded(kind=kind, queue=queue, limit=200)
         self.render(req, resp, "failed.html", rows=rows, f={"kind": kind, "queue": queue})
 
 
 class JobPage(_Page):
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: int) -> None:
-        with self.pool.connection() as conn:
-            store = Store(conn)
-            job = store.job(job_id)
-            events = store.events_for_job(job_id) if job else []
+        with store(self.pool) as s:
+            job = s.job(job_id)
+            events = s.events_for_job(job_id) if job else []
         if job is None:
             resp.status = falcon.HTTP_404
             self.render(req, resp, "missing.html", job_id=job_id)
@@ -116,12 +114,11 @@ class JobAction(_Page):
         reason = str(form.get("reason") or "")[:1000] or None
         back = _safe_next(form.get("next"), f"/jobs/{job_id}")
         try:
-            with self.pool.connection() as conn:
-                store = Store(conn)
+            with store(self.pool) as s:
                 if self.action == "replay":
-                    store.replay(job_id, actor="dashboard", reason=reason, metadata={"via": "dashboard"})
+                    s.replay(job_id, actor="dashboard", reason=reason, metadata={"via": "dashboard"})
                 else:
-                    store.cancel(job_id, reason, metadata={"via": "dashboard", "by": "dashboard"})
+                    s.cancel(job_id, reason, metadata={"via": "dashboard", "by": "dashboard"})
             message = {"notice": f"job {job_id} {'replayed' if self.action == 'replay' else 'cancelled'}"}
         except LedgerError as exc:
             message = {"error": str(exc)}

@@ -1,13 +1,27 @@
-"""The OpenAPI document of the JSON API, served at /openapi.json (a test keeps it in step with the routes)."""
+"""The OpenAPI document of the JSON API, served at /openapi.json (a test keeps it in step with the routes).
+
+OpenAPI 3.1, whose schemas are JSON Schema 2020-12 as pydantic writes them:
+the bodies (JobRequest per kind, the replay/cancel body) and the answers (Job,
+Event) are derived from the pydantic models that validate and produce them,
+so the rules are stated once, in ledger/models.py and the kinds' args models.
+"""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+from pydantic import BaseModel, TypeAdapter
+
 from ledger.kinds import Registry
+from ledger.models import Event, Job, JobCount, JobRequest
 from ledger.states import JobState
 
+from .api import ActionBody
+
 __all__ = ["document"]
+
+REF = "#/components/schemas/{model}"
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -35,57 +49,51 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 STATE = {"type": "string", "enum": [s.value for s in JobState]}
 BIGINT = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
-NO_NUL = "^[^\\u0000]*$"
-TEXT_FILTER = {"type": "string", "maxLength": 200, "pattern": NO_NUL}
+TEXT_FILTER = {"type": "string", "maxLength": 200, "pattern": "^[^\\u0000]*$"}
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": BIGINT}
-REASON_BODY = {
-    "required": False,
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    # no NUL: PostgreSQL text cannot hold it (refused with 422)
-                    "reason": {"type": "string", "maxLength": 1000, "pattern": NO_NUL, "nullable": True},
-                    "by": {"type": "string", "maxLength": 200, "pattern": NO_NUL, "nullable": True},
-                },
-            }
-        }
-    },
-}
 
 
-def _job_request(registry: Registry) -> tuple[dict[str, Any], dict[str, Any]]:
-    """JobRequest as one variant per registered kind, each with its pydantic args schema;
-    returns (schema, the $defs those args schemas need, for components)."""
-    variants, defs = [], {}
+def _schema(model: type[BaseModel], defs: dict[str, Any]) -> dict[str, Any]:
+    """A model's serialization schema, its $defs moved into `defs` (the document's components)."""
+    schema = model.model_json_schema(mode="serialization", ref_template=REF)
+    defs.update(schema.pop("$defs", {}))
+    return schema
+
+
+def _job_request(registry: Registry, defs: dict[str, Any]) -> dict[str, Any]:
+    """JobRequest as one variant per registered kind: the kind's name and its args model's schema."""
+    base = TypeAdapter(JobRequest).json_schema(ref_template=REF)
+    variants = []
     for name, kind in sorted(registry.kinds.items()):
-        args = kind.args_model.model_json_schema(ref_template="#/components/schemas/{model}")
+        args = kind.args_model.model_json_schema(ref_template=REF)
         defs.update(args.pop("$defs", {}))
+        variant = copy.deepcopy(base)
+        variant.pop("description", None)
+        variant["title"] = f"JobRequest {name}"
+        variant["properties"]["kind"] = {"type": "string", "enum": [name]}
+        variant["properties"]["args"] = args
         # Absent args mean {}: required only when the kind's model has required fields
         # (schemathesis found a kind whose bare request the document allowed and the API refused).
-        required = ["kind", "args"] if args.get("required") else ["kind"]
-        variants.append({
-            "type": "object", "required": required, "additionalProperties": False,
-            "properties": {
-                "kind": {"type": "string", "enum": [name]}, "args": args,
-                # null (or absent): the kind's default
-                "queue": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,50}$", "nullable": True},
-                "priority": {"type": "integer", "minimum": 0, "maximum": 9, "nullable": True},
-                "max_attempts": {"type": "integer", "minimum": 1, "maximum": 1000, "nullable": True},
-                "run_at": {"type": "string", "format": "date-time", "nullable": True},
-            },
-        })  # fmt: skip
-    return {"oneOf": variants}, defs
+        variant["required"] = ["kind", "args"] if args.get("required") else ["kind"]
+        variants.append(variant)
+    return {"oneOf": variants}
 
 
 def document(registry: Registry) -> dict[str, Any]:
     """The document for an app serving `registry`'s kinds (the enqueue body depends on them)."""
     job_ref = {"$ref": "#/components/schemas/Job"}
-    job_request, arg_defs = _job_request(registry)
+    defs: dict[str, Any] = {}
+    schemas = {
+        "JobRequest": _job_request(registry, defs),
+        "Job": _schema(Job, defs),
+        "Event": _schema(Event, defs),
+        "JobCount": _schema(JobCount, defs),
+        "ActionBody": _schema(ActionBody, defs),
+    }
+    action = {"$ref": REF.format(model="ActionBody")}
+    reason_body = {"required": False, "content": {"application/json": {"schema": action}}}
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "ledger", "version": "1", "description": "Jobs as an append-only history."},
         "paths": {
             "/healthz": {"get": {"summary": "Database health", "responses": {
@@ -115,7 +123,7 @@ def document(registry: Registry) -> dict[str, Any]:
                         "200": _resp("a page of jobs", {
                             "type": "object", "required": ["jobs", "next_before"],
                             "properties": {"jobs": {"type": "array", "items": job_ref},
-                                           "next_before": {"type": "integer", "nullable": True}},
+                                           "next_before": {"type": ["integer", "null"]}},
                         }),
                         **_errors(422, 503),
                     },
@@ -142,21 +150,19 @@ def document(registry: Registry) -> dict[str, Any]:
             }},
             "/api/jobs/{job_id}/replay": {"post": {
                 "summary": "Put a discarded or cancelled job back to work",
-                "parameters": [JOB_ID], "requestBody": REASON_BODY,
+                "parameters": [JOB_ID], "requestBody": reason_body,
                 "responses": {"200": _resp("replayed", {"type": "object", "properties": {"job": job_ref}}),
                               **_errors(400, 401, 404, 409, 413, 415, 422, 503)},
             }},
             "/api/jobs/{job_id}/cancel": {"post": {
                 "summary": "Cancel a job that has not finished",
-                "parameters": [JOB_ID], "requestBody": REASON_BODY,
+                "parameters": [JOB_ID], "requestBody": reason_body,
                 "responses": {"200": _resp("cancelled", {"type": "object", "properties": {"job": job_ref}}),
                               **_errors(400, 401, 404, 409, 413, 415, 422, 503)},
             }},
             "/api/counts": {"get": {"summary": "Jobs by state and queue", "responses": {
-                "200": _resp("counts", {"type": "object", "properties": {"counts": {"type": "array", "items": {
-                    "type": "object", "properties": {
-                        "state": {"type": "string"}, "queue": {"type": "string"},
-                        "count": {"type": "integer"}, "exact": {"type": "boolean"}}}}}}),
+                "200": _resp("counts", {"type": "object", "required": ["counts"], "properties": {
+                    "counts": {"type": "array", "items": {"$ref": REF.format(model="JobCount")}}}}),
                 **_errors(503),
             }}},
         },
@@ -164,22 +170,7 @@ def document(registry: Registry) -> dict[str, Any]:
             "Error": {"type": "object", "required": ["title"], "properties": {
                 "title": {"type": "string"}, "description": {"type": "string"},
                 "fields": {"type": "array", "items": {"type": "string"}}}},
-            "JobRequest": job_request,
-            **arg_defs,
-            "Job": {"type": "object", "properties": {
-                "id": {"type": "integer"}, "kind": {"type": "string"}, "queue": {"type": "string"},
-                "priority": {"type": "integer"}, "args": {"type": "object"},
-                "state": STATE,
-                "attempt": {"type": "integer"}, "max_attempts": {"type": "integer"},
-                "run_at": {"type": "string", "format": "date-time"},
-                "last_error": {"type": "string", "nullable": True}, "worker": {"type": "string", "nullable": True},
-                "created_at": {"type": "string", "format": "date-time"},
-                "attempted_at": {"type": "string", "format": "date-time", "nullable": True},
-                "finalized_at": {"type": "string", "format": "date-time", "nullable": True},
-                "updated_at": {"type": "string", "format": "date-time"}, "version": {"type": "integer"}}},
-            "Event": {"type": "object", "properties": {
-                "position": {"type": "integer"}, "job_id": {"type": "integer"}, "version": {"type": "integer"},
-                "type": {"type": "string"}, "at": {"type": "string", "format": "date-time"},
-                "data": {"type": "object"}, "metadata": {"type": "object"}}},
+            **schemas,
+            **defs,
         }},
     }  # fmt: skip

@@ -12,8 +12,8 @@ from psycopg_pool import ConnectionPool
 
 from ledger.client import Client
 from ledger.kinds import HEARTBEAT, Registry
-from ledger.queries import query
-from ledger.store import Store
+
+from .stores import store
 
 __all__ = ["EnqueueTestResource", "HealthResource", "MetricsResource"]
 
@@ -28,9 +28,9 @@ class HealthResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
-            with self.pool.connection(timeout=2) as conn:
-                row = conn.execute("SELECT max(version) AS v FROM ledger.schema_version").fetchone()
-            resp.media = {"status": "ok", "database": "up", "schema_version": row["v"] if row else None}
+            with store(self.pool, timeout=2) as s:
+                version = s.schema_version()
+            resp.media = {"status": "ok", "database": "up", "schema_version": version}
         except Exception as exc:  # any failure to answer is "down" for a health check
             resp.status = falcon.HTTP_503
             resp.media = {"status": "unavailable", "database": "down", "error": type(exc).__name__}
@@ -48,8 +48,8 @@ class EnqueueTestResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = falcon.MEDIA_TEXT
         try:
-            with self.pool.connection(timeout=5) as conn:
-                job_id = Client(registry=self.registry).enqueue(HEARTBEAT, conn=conn, metadata={"via": "web"})
+            with store(self.pool, timeout=5) as s:
+                job_id = Client(registry=self.registry).enqueue(HEARTBEAT, conn=s.conn, metadata={"via": "web"})
         except Exception as exc:  # the route's contract: any refusal is a 500 naming the reason
             log.warning("enqueue-test failed: %s", exc)
             resp.status = falcon.HTTP_500
@@ -76,18 +76,18 @@ class MetricsResource:
         self.pool = pool
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        with self.pool.connection() as conn:
-            conn.execute(query("metrics_refresh"))
-            counts = Store(conn).job_counts()
-            histograms = conn.execute(query("metrics_histogram")).fetchall()
-            appended = conn.execute(query("events_appended")).fetchone()
+        with store(self.pool) as s:
+            s.metrics_refresh()
+            counts = s.job_counts()
+            histograms = s.metrics_histogram()
+            appended = s.events_appended()
         lines = [
             '# HELP ledger_jobs Jobs by state and queue; past 100k jobs, finished states are estimated (queue="*").',
             "# TYPE ledger_jobs gauge",
-            *(f'ledger_jobs{{state="{r["state"]}",queue="{_label(r["queue"])}"}} {r["count"]}' for r in counts),
+            *(f'ledger_jobs{{state="{c.state}",queue="{_label(c.queue)}"}} {c.count}' for c in counts),
             "# HELP ledger_events_appended_total Events appended to the ledger.",
             "# TYPE ledger_events_appended_total counter",
-            f"ledger_events_appended_total {appended['total'] if appended else 0}",
+            f"ledger_events_appended_total {appended}",
         ]
         names = {"wait": "ledger_job_wait_seconds", "run": "ledger_job_run_seconds"}
         helps = {

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 
-from ledger.cli import fail, load_app
+from ledger.apps import load_app
+from ledger.console import fail
 from ledger.errors import LedgerError
 from ledger.logs import setup_logging
 
 from .app import create_app
 
 setup_logging()
-load_app(os.environ.get("LEDGER_APP"))
 try:
+    load_app(os.environ.get("LEDGER_APP"))
     app = create_app()
 except LedgerError as exc:
     fail(str(exc), 3)  # gunicorn reports a worker that cannot boot

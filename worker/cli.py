@@ -29,7 +29,8 @@ def worker(
     import anyio
     from pydantic import ValidationError
 
-    from ledger.cli import fail, load_app
+    from ledger.apps import load_app
+    from ledger.console import fail
     from ledger.db import database_url
     from ledger.errors import LedgerError
     from ledger.kinds import default_registry, format_validation_error
@@ -37,7 +38,10 @@ def worker(
     from .config import WorkerConfig
     from .runtime import Worker
 
-    load_app(app_module)
+    try:
+        load_app(app_module)
+    except LedgerError as exc:
+        fail(str(exc))
     given: dict[str, Any] = {
         "queues": queues, "poll_interval": poll_interval, "poll_only": poll_only, "cycles": cycles,
         "shutdown_timeout": shutdown_timeout, "lease": lease,

@@ -1,13 +1,14 @@
-"""The completer: record each attempt's outcome through the schema's functions.
+"""The completer: records each attempt's outcome through the store.
 
-Successes are batched: they queue up here and the worker's next cycle
-records all that are waiting with one statement (ledger.job_succeed_many),
-in the same transaction that claims their replacements — one commit for
-both (see worker/runtime.py). Under load many jobs share a commit; when idle
-a lone success is recorded at once, no timer delays it. A job's slot is
-freed only after its outcome is recorded, so a graceful shutdown never loses
-one. Failures, snoozes and cancels are rarer and carry more data: one
-statement each.
+Successes are batched: they wait here and the producer's next cycle records
+all that are waiting with one statement (ledger.job_succeed_many), in the
+same transaction that claims their replacements — one commit for both (see
+worker/producer.py). Under load many jobs share a commit; when idle a lone
+success is recorded at once, no timer delays it. Failures, snoozes and
+cancels are rarer and carry more data: one statement each
+(AsyncStore.fail/snooze/cancel). A failed attempt is recorded with the retry
+time the executor took from ledger/retry_policy.py; the database makes the
+job retryable at that time while attempts remain, and discards it otherwise.
 
 Every command carries the version the claim returned (expected_version), so
 an outcome for a job that was meanwhile rescued and re-claimed elsewhere, or
@@ -20,27 +21,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import anyio
 import psycopg
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from ledger.errors import IllegalTransition, JobNotFound, VersionConflict, refusals
+from ledger.errors import IllegalTransition, JobNotFound, VersionConflict
 from ledger.kinds import Registry
-from ledger.queries import query
-from ledger.store import command_params
+from ledger.models import Job
+from ledger.statements import Success
+from ledger.store_async import AsyncStore
 
 from .executor import Outcome
 
-__all__ = ["Completer"]
+__all__ = ["Completer", "Pending"]
 
 log = logging.getLogger(__name__)
 
-
 MAX_BATCH = 500
+
+Pending = tuple[Outcome, "asyncio.Future[None]"]
+"""A success waiting for a cycle, and the future its job's task left behind."""
 
 
 def _duration_ms(o: Outcome) -> float:
@@ -55,14 +57,55 @@ def _wait_ms(o: Outcome) -> float | None:
 
 
 class Completer:
-    def __init__(
-        self, pool: AsyncConnectionPool[Any], registry: Registry, worker: str, wake: Callable[[], None]
-    ) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], registry: Registry, worker: str) -> None:
         self.pool = pool
         self.registry = registry
         self.worker = worker
-        self.wake = wake
-        self._pending: list[tuple[Outcome, asyncio.Future[None]]] = []
+        self._pending: list[Pending] = []
+
+    # ------------------------------------------------------------ successes, batched into cycles
+
+    def submit(self, o: Outcome) -> asyncio.Future[None]:
+        """Queue a success; the returned future resolves once it is recorded (by the producer's next cycle,
+        which the job's freed slot has woken).
+
+        A bare asyncio future rather than an anyio.Event: one is made per job.
+        """
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((o, done))
+        return done
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def take(self) -> list[Pending]:
+        """Up to MAX_BATCH waiting successes, for a cycle to record."""
+        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        return batch
+
+    def put_back(self, batch: list[Pending]) -> None:
+        """A cycle failed before it committed: its successes wait for the next one."""
+        self._pending[:0] = batch
+
+    @staticmethod
+    def successes(batch: list[Pending]) -> list[Success]:
+        return [Success(o.job.id, o.job.version, _duration_ms(o), _wait_ms(o)) for o, _ in batch]
+
+    def settle(self, batch: list[Pending], recorded: dict[int, bool]) -> None:
+        """After the cycle committed: log refusals and release the waiting jobs."""
+        for o, done in batch:
+            if not recorded.get(o.job.id, True):
+                log.warning(
+                    "outcome of job %s not recorded: it is no longer running at version %s (cancelled or rescued)",
+                    o.job.id, o.job.version, extra={"job_id": o.job.id, "kind": o.job.kind, "outcome": o.kind},
+                )  # fmt: skip
+            elif log.isEnabledFor(logging.DEBUG):
+                self._log(o, None)
+            if not done.done():
+                done.set_result(None)
+
+    # ------------------------------------------------------------ every other outcome, one statement each
 
     def _meta(self, o: Outcome) -> dict[str, Any]:
         meta: dict[str, Any] = {"worker": self.worker, "duration_ms": _duration_ms(o)}
@@ -73,78 +116,25 @@ class Completer:
             meta["traceback"] = o.traceback
         return meta
 
-    def submit(self, o: Outcome) -> asyncio.Future[None]:
-        """Queue a success; the returned future resolves once it is recorded (by the worker's next cycle).
-
-        A bare asyncio future rather than an anyio.Event: one is made per job.
-        """
-        done = asyncio.get_running_loop().create_future()
-        self._pending.append((o, done))
-        self.wake()
-        return done
-
-    @property
-    def has_pending(self) -> bool:
-        return bool(self._pending)
-
-    def take(self) -> list[tuple[Outcome, asyncio.Future[None]]]:
-        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-        return batch
-
-    def put_back(self, batch: list[tuple[Outcome, asyncio.Future[None]]]) -> None:
-        self._pending[:0] = batch
-
-    def succeed_params(self, batch: list[tuple[Outcome, asyncio.Future[None]]]) -> dict[str, Any]:
-        """Parameters of job_succeed_many for a batch taken from the queue (plain arrays, no JSON)."""
-        return {
-            "ids": [o.job.id for o, _ in batch],
-            "versions": [o.job.version for o, _ in batch],
-            "worker": self.worker,
-            "duration_ms": [_duration_ms(o) for o, _ in batch],
-            "wait_ms": [_wait_ms(o) for o, _ in batch],
-        }
-
-    def settle(self, batch: list[tuple[Outcome, asyncio.Future[None]]], rows: list[dict[str, Any]]) -> None:
-        """After the cycle committed: log refusals and release the waiting jobs."""
-        by_id = {o.job.id: o for o, _ in batch}
-        for r in rows:
-            o = by_id[r["job_id"]]
-            if not r["recorded"]:
-                log.warning(
-                    "outcome of job %s not recorded: it is no longer running at version %s (cancelled or rescued)",
-                    o.job.id, o.job.version, extra={"job_id": o.job.id, "kind": o.job.kind, "outcome": o.kind},
-                )  # fmt: skip
-            elif log.isEnabledFor(logging.DEBUG):
-                self._log(o, None)
-        for _, done in batch:
-            if not done.done():
-                done.set_result(None)
-
-    def _statement(self, o: Outcome) -> tuple[str, dict[str, Any]]:
-        base = command_params(o.job.id, o.job.version, self._meta(o))
+    async def _send(self, store: AsyncStore, o: Outcome) -> Job:
+        meta, version = self._meta(o), o.job.version
         if o.kind in ("failed", "discarded"):
-            return query("job_fail"), {
-                **base,
-                "error": o.error,
-                "retry_at": o.retry_at,
-                "discard": o.kind == "discarded",
-            }
+            return await store.fail(
+                o.job.id, o.error or "", retry_at=o.retry_at, discard=o.kind == "discarded",
+                expected_version=version, metadata=meta,
+            )  # fmt: skip
         if o.kind == "snoozed":
-            return query("job_snooze"), {**base, "run_at": o.run_at}
-        return query("job_cancel"), {**base, "reason": o.error}
+            assert o.run_at is not None
+            return await store.snooze(o.job.id, o.run_at, expected_version=version, metadata=meta)
+        return await store.cancel(o.job.id, o.error, expected_version=version, metadata=meta)
 
     async def record(self, o: Outcome) -> None:
-        if o.kind == "succeeded":
-            await self.submit(o)
-            return
-        statement, params = self._statement(o)
+        """Record a failure, snooze or cancel now, retrying while the database is unavailable."""
         delay = 0.1
         while True:
             try:
-                async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-                    with refusals():
-                        await cur.execute(statement, params)
-                    row = await cur.fetchone()
+                async with self.pool.connection() as conn:
+                    job = await self._send(AsyncStore(conn), o)
                 break
             except (VersionConflict, IllegalTransition, JobNotFound) as exc:
                 log.warning(
@@ -158,18 +148,18 @@ class Completer:
                 log.warning("database unavailable while recording job %s; retrying in %.1fs: %s", o.job.id, delay, exc)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        self._log(o, row)
+        self._log(o, job)
 
-    def _log(self, o: Outcome, row: dict[str, Any] | None) -> None:
+    def _log(self, o: Outcome, recorded: Job | None) -> None:
         job = o.job
         fields = {"kind": job.kind, "job_id": job.id, "attempt": f"{job.attempt}/{job.max_attempts}"}
         if o.kind in ("failed", "discarded"):
-            will_retry = row is not None and row["state"] == "retryable"
+            will_retry = recorded is not None and recorded.state == "retryable"
             log.warning(
                 "job %s attempt failed",
                 job.id,
                 extra={**fields, "error": o.error, "will_retry": will_retry,
-                       "retry_at": row["run_at"].isoformat() if will_retry and row else None},
+                       "retry_at": recorded.run_at.isoformat() if will_retry and recorded else None},
             )  # fmt: skip
             for hook in self.registry.error_hooks:
                 try:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import random
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import anyio
@@ -24,6 +26,7 @@ from pydantic import ValidationError
 from ledger.errors import UnknownKind
 from ledger.kinds import JobCancel, JobContext, JobDiscard, JobSnooze, Registry, format_validation_error
 from ledger.models import Job
+from ledger.retry_policy import retry_at
 
 __all__ = ["Outcome", "execute"]
 
@@ -40,37 +43,45 @@ class Outcome:
     error: str | None = None
     traceback: str | None = None
     retry_at: datetime | None = None
-    """For a failure: when to retry (None: the schema's default backoff)."""
+    """For a failure: when to retry, if attempts remain (ledger/retry_policy.py)."""
     run_at: datetime | None = None
     """For a snooze: when to run again."""
     exception: BaseException | None = field(default=None, compare=False)
-
-    @property
-    def will_retry(self) -> bool:
-        return self.kind == "failed" and self.job.attempt < self.job.max_attempts
 
 
 def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-async def execute(job: Job, registry: Registry, worker: str, database_url: str) -> Outcome:
-    """Run `job` to an Outcome; never raises for anything the handler does."""
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def execute(
+    job: Job,
+    registry: Registry,
+    worker: str,
+    database_url: str,
+    *,
+    clock: Callable[[], datetime] = _now,
+    jitter: Callable[[], float] = random.random,
+) -> Outcome:
+    """Run `job` to an Outcome; never raises for anything the handler does.
+
+    `clock` and `jitter` feed the retry policy of a failed attempt; tests pass fixed ones.
+    """
     started = time.monotonic()
 
     def done(kind: OutcomeKind, **kw: Any) -> Outcome:
         return Outcome(job=job, kind=kind, duration=time.monotonic() - started, **kw)
 
     def failure(exc: BaseException, message: str | None = None, *, discard: bool = False) -> Outcome:
-        retry_at = None
         kind = registry.kinds.get(job.kind)
-        if kind is not None and kind.backoff is not None:
-            retry_at = datetime.now(UTC) + timedelta(seconds=kind.backoff(job.attempt))
         return done(
             "discarded" if discard else "failed",
             error=message or _error_text(exc),
             traceback="".join(traceback.format_exception(exc)),
-            retry_at=retry_at,
+            retry_at=None if discard else retry_at(job.attempt, clock(), jitter(), kind.backoff if kind else None),
             exception=exc,
         )
 

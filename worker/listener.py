@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 
 import anyio
 import psycopg
-from psycopg import sql
+
+from ledger.store_async import AsyncStore
 
 __all__ = ["Listener", "channel"]
 
@@ -29,7 +30,6 @@ class Listener:
         self.url = url
         self.queues = list(queues)
         self.wake = wake
-        self.connected = anyio.Event()
 
     async def run(self) -> None:
         """Listen until cancelled; on a lost connection, reconnect with backoff and keep going."""
@@ -37,14 +37,12 @@ class Listener:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
-                    for q in self.queues:
-                        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel(q))))
+                    await AsyncStore(conn).listen([channel(q) for q in self.queues])
                     log.info(
                         "listener %s" % ("reconnected" if delay > 0.25 else "listening"),
                         extra={"channels": [channel(q) for q in self.queues]},
                     )
                     delay = 0.25
-                    self.connected.set()
                     self.wake()  # notifications may have been missed while away
                     async for _ in conn.notifies():
                         self.wake()

@@ -13,13 +13,11 @@ from typing import Any
 
 import anyio
 import psycopg
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from ledger.errors import LedgerError, refusals
+from ledger.errors import LedgerError
 from ledger.kinds import Periodic, Registry
-from ledger.queries import query
+from ledger.store_async import AsyncStore
 
 __all__ = ["Scheduler"]
 
@@ -39,16 +37,16 @@ class Scheduler:
 
     async def enqueue_due(self, p: Periodic) -> int | None:
         kind = self.registry.get(p.kind)
-        params = {
-            "name": p.name, "every": p.every, "kind": p.kind, "args": Jsonb(p.args),
-            "queue": kind.queue, "priority": kind.priority, "max_attempts": kind.max_attempts,
-        }  # fmt: skip
-        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            with refusals():
-                await cur.execute(query("periodic_enqueue"), params)
-            row = await cur.fetchone()
-        job_id: int | None = row["id"] if row else None
-        return job_id
+        async with self.pool.connection() as conn:
+            return await AsyncStore(conn).periodic_enqueue(
+                p.name,
+                p.every,
+                p.kind,
+                p.args,
+                queue=kind.queue,
+                priority=kind.priority,
+                max_attempts=kind.max_attempts,
+            )
 
     async def run(self) -> None:
         while True:

@@ -1,5 +1,6 @@
--- Queries of the ledger package, loaded by name (ledger/queries.py).
--- Each goes through the schema's functions for writes; reads are plain.
+-- Every statement the project sends, loaded by name (ledger/queries.py) by
+-- the store alone (ledger/store_async.py, and ledger/store.py generated from
+-- it). Writes go through the schema's functions; reads are plain.
 
 -- name: job_get
 SELECT * FROM ledger.jobs WHERE id = %(id)s;
@@ -15,9 +16,6 @@ WHERE (%(kind)s::text IS NULL OR d.kind = %(kind)s)
   AND (%(queue)s::text IS NULL OR d.queue = %(queue)s)
 ORDER BY d.discarded_at DESC, d.job_id DESC
 LIMIT %(limit)s;
-
--- name: counts_by_state
-SELECT state, queue, count(*) AS count FROM ledger.jobs GROUP BY state, queue ORDER BY state, queue;
 
 -- name: job_enqueue_many
 -- args travel as one JSON array (the client joins the texts it dumped and
@@ -106,3 +104,26 @@ SELECT id FROM ledger.jobs WHERE state = 'running' AND worker = %(worker)s;
 -- Jobs a live worker holds in the database but not in memory (a claim whose
 -- answer was lost): rescued whatever its lease says.
 SELECT id FROM ledger.job_rescue('infinity', %(ids)s, %(metadata)s);
+
+-- name: schema_present
+SELECT to_regclass('ledger.schema_version') IS NOT NULL AS present;
+
+-- name: schema_version
+SELECT max(version) AS version FROM ledger.schema_version;
+
+-- name: schema_version_record
+INSERT INTO ledger.schema_version (version) VALUES (%(version)s);
+
+-- name: migrate_lock
+-- Held to the end of the migrating transaction: two processes never apply the schema at once.
+SELECT pg_advisory_xact_lock(%(key)s);
+
+-- name: db_now_minus
+-- A cutoff on the database's clock, the one every event's `at` is written with.
+SELECT now() - %(period)s::interval AS at;
+
+-- name: lock_timeout_local
+SELECT set_config('lock_timeout', %(timeout)s, true);
+
+-- name: database_exists
+SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %(name)s) AS present;

@@ -1,0 +1,5 @@
+-- Upgrade a version-3 ledger to version 4. Table changes of this version
+-- follow below (none yet); the functions are re-created by `ledger migrate`
+-- from schema.sql's `functions` section. In this version the default retry
+-- policy moved to ledger/retry_policy.py (ledger.backoff is gone: job_fail's
+-- NULL retry_at means now), and the lease has no default in SQL.

@@ -1,0 +1,187 @@
+"""The worker's services one at a time, in this process, against a real PostgreSQL (no subprocess).
+
+The end-to-end tests in test_worker.py run `ledger worker`; these drive the
+producer, the completer, the heartbeat and the registry view directly, so a
+failure points at the service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from ledger.defaults import QUEUE
+from ledger.kinds import HEARTBEAT, PRUNE, RESCUE, JobContext, NoArgs, Registry, builtin_registry
+from ledger.statements import Success
+from ledger.store import Store
+from ledger.store_async import AsyncStore
+from worker.completer import Completer
+from worker.config import WorkerConfig
+from worker.executor import Outcome
+from worker.heartbeat import Heartbeat
+from worker.maintenance import worker_registry
+from worker.producer import Producer
+
+
+@asynccontextmanager
+async def pool_for(url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(url, min_size=1, max_size=4, kwargs={"autocommit": True})
+    async with pool:
+        yield pool
+
+
+def run(url: str, body: Callable[[AsyncConnectionPool[Any]], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with pool_for(url) as pool:
+            await body(pool)
+
+    anyio.run(main)
+
+
+def enqueue(store: Store, n: int, kind: str = "noop", queue: str = "q", attempts: int = 3) -> list[int]:
+    return store.enqueue_many([(kind, {}, queue, 5, attempts, None)] * n)
+
+
+def app_registry() -> Registry:
+    registry = builtin_registry()
+
+    @registry.kind("noop", queue="q")
+    async def noop(ctx: JobContext[NoArgs]) -> None:
+        return None
+
+    return registry
+
+
+# ---------------------------------------------------------------- the registry view
+
+
+def test_the_worker_runs_on_its_own_view_of_the_registry_and_leaves_the_process_wide_one_alone() -> None:
+    app = app_registry()
+    before = dict(app.kinds), dict(app.periodic_jobs)
+    view = worker_registry(app, WorkerConfig(queues="mail=2", heartbeat_every=7, rescue_every=9, retention="off"))
+    assert (dict(app.kinds), dict(app.periodic_jobs)) == before
+    assert all(app.kinds[k].handler is None for k in (HEARTBEAT, RESCUE, PRUNE)), "the core attaches no handlers"
+    for name in (HEARTBEAT, RESCUE, PRUNE):
+        assert view.kinds[name].handler is not None
+        assert view.kinds[name].queue == "mail", "maintenance runs on a queue this worker serves"
+    assert {p.name: p.every for p in view.periodic_jobs.values()} == {
+        HEARTBEAT: timedelta(seconds=7),
+        RESCUE: timedelta(seconds=9),
+    }
+    with_retention = worker_registry(app, WorkerConfig(retention="2d", prune_every=60))
+    assert with_retention.periodic_jobs[PRUNE].args["older_than_seconds"] == 2 * 86400
+    assert with_retention.kinds[PRUNE].queue == QUEUE
+
+
+# ---------------------------------------------------------------- the store's cycle
+
+
+def test_a_cycle_records_successes_and_claims_their_replacements_in_one_transaction(db_url: str, store: Store) -> None:
+    ids = enqueue(store, 3)
+
+    async def body(pool: AsyncConnectionPool[Any]) -> None:
+        async with pool.connection() as conn:
+            first = await AsyncStore(conn).cycle([], {"q": 2}, "w")
+            assert [j.id for j in first.claimed["q"]] == ids[:2] and first.recorded == {}
+            done = [Success(j.id, j.version, 1.5, 0.5) for j in first.claimed["q"]]
+            stale = Success(ids[2], 1)  # not running: refused, not raised
+            second = await AsyncStore(conn).cycle([*done, stale], {"q": 5}, "w")
+            assert second.recorded == {ids[0]: True, ids[1]: True, ids[2]: False}
+            assert [j.id for j in second.claimed["q"]] == ids[2:]
+
+    run(db_url, body)
+    assert [j.state for j in map(store.job, ids) if j] == ["succeeded", "succeeded", "running"]
+    assert store.events_for_job(ids[0])[-1].metadata == {"worker": "w", "duration_ms": 1.5, "wait_ms": 0.5}
+
+
+# ---------------------------------------------------------------- the completer
+
+
+def _outcome(store: Store, job_id: int, kind: Any, **kw: Any) -> Outcome:
+    job = store.job(job_id)
+    assert job is not None
+    return Outcome(job=job, kind=kind, duration=0.01, **kw)
+
+
+def test_the_completer_records_a_failure_at_its_retry_time_and_skips_an_outcome_gone_stale(
+    db_url: str, store: Store
+) -> None:
+    first, second = enqueue(store, 2)
+    store.claim("q", 2, "w")
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    failed = _outcome(store, first, "failed", error="RuntimeError: no", retry_at=later, traceback="tb")
+    stale = _outcome(store, second, "snoozed", run_at=later)
+    store.cancel(second, "operator")  # meanwhile: the snooze no longer fits
+
+    async def body(pool: AsyncConnectionPool[Any]) -> None:
+        completer = Completer(pool, app_registry(), "w")
+        await completer.record(failed)
+        await completer.record(stale)  # logged, not raised
+
+    run(db_url, body)
+    job = store.job(first)
+    assert job is not None and (job.state, job.run_at, job.last_error) == ("retryable", later, "RuntimeError: no")
+    assert store.events_for_job(first)[-1].metadata["traceback"] == "tb"
+    assert [e.type for e in store.events_for_job(second)][-1] == "cancelled"
+
+
+# ---------------------------------------------------------------- the heartbeat
+
+
+def test_the_heartbeat_returns_jobs_claimed_in_its_name_that_the_worker_does_not_hold(
+    db_url: str, store: Store
+) -> None:
+    held, lost = enqueue(store, 2)
+    [claimed_held] = store.claim("q", 1, "hb")
+    store.claim("q", 1, "hb")  # its answer "lost": the producer never saw it
+
+    async def body(pool: AsyncConnectionPool[Any]) -> None:
+        config = WorkerConfig(id="hb")
+        producer = Producer(pool, db_url, config, app_registry(), Completer(pool, app_registry(), "hb"))
+        producer.running[held] = claimed_held
+        heartbeat = Heartbeat(pool, "hb", config.lease, producer)
+        async with pool.connection() as conn:
+            producer.in_flight = 1  # a claim in flight may hold jobs the worker has not seen: no verdict
+            await heartbeat.return_lost_claims(AsyncStore(conn))
+            assert store.job(lost).state == "running"  # type: ignore[union-attr]
+            producer.in_flight = 0
+            await heartbeat.return_lost_claims(AsyncStore(conn))
+
+    run(db_url, body)
+    assert [e.type for e in store.events_for_job(lost)][-1] == "rescued"
+    assert store.job(held).state == "running"  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------- the producer
+
+
+@pytest.mark.parametrize("cycles", [1, 3])
+def test_the_producer_claims_runs_and_records_every_job_within_its_concurrency(
+    db_url: str, store: Store, cycles: int
+) -> None:
+    ids = enqueue(store, 200)
+    registry = app_registry()
+
+    async def body(pool: AsyncConnectionPool[Any]) -> None:
+        config = WorkerConfig(queues="q=7", cycles=cycles, id="p")
+        producer = Producer(pool, db_url, config, registry, Completer(pool, registry, "p"))
+        peak = 0
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer.run)
+            producer.wake()
+            while store.job(ids[-1]).state != "succeeded" or producer.running:  # type: ignore[union-attr]
+                peak = max(peak, producer.active["q"])
+                await anyio.sleep(0.001)
+            tg.cancel_scope.cancel()
+        assert 0 < peak <= 7
+        assert producer.stats["claimed"] == 200
+
+    run(db_url, body)
+    assert {j.state for j in map(store.job, ids) if j} == {"succeeded"}
+    assert store.projections_diff() == []
