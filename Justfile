@@ -31,7 +31,7 @@ db-stop:
 
 # Serve the web app under gunicorn on port 8000 (LEDGER_WEB_PORT to change).
 web *ARGS:
-    gunicorn -c web/gunicorn_conf.py {{ARGS}} web.wsgi:app
+    gunicorn -c python:ledger.web.gunicorn_conf {{ARGS}} ledger.web.wsgi:app
 
 # Workers SIGKILLed every 2 s, one PostgreSQL crash, an idle transaction: prints lost/stuck/duplicates.
 chaos *ARGS:

@@ -36,8 +36,8 @@ class Gunicorn:
         full = {k: v for k, v in os.environ.items() if k not in {"LEDGER_ENV", "LEDGER_API_TOKEN"}}
         full.update({"DATABASE_URL": url, "PYTHONPATH": str(ROOT), **(env or {})})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "web/gunicorn_conf.py", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", "1", "web.wsgi:app"],
+            [sys.executable, "-m", "gunicorn", "-c", "python:ledger.web.gunicorn_conf",
+             "--bind", f"127.0.0.1:{self.port}", "--workers", "1", "ledger.web.wsgi:app"],
             cwd=ROOT, env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         wait_until(

@@ -17,8 +17,8 @@ from schemathesis import GenerationMode
 from ledger.kinds import builtin_registry
 from ledger.settings import Settings
 from ledger.store import Store
-from web.app import create_app
-from web.settings import WebSettings
+from ledger.web.app import create_app
+from ledger.web.settings import WebSettings
 
 
 @pytest.fixture(scope="module")

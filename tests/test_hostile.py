@@ -20,8 +20,8 @@ from ledger.errors import IllegalTransition, LedgerError
 from ledger.kinds import builtin_registry
 from ledger.settings import Settings
 from ledger.store import Store
-from web.app import create_app
-from web.settings import WebSettings
+from ledger.web.app import create_app
+from ledger.web.settings import WebSettings
 
 from .jobapp import Free
 from .test_cli import ledger

@@ -11,7 +11,7 @@ from ledger.kinds import JobContext, NoArgs, Registry
 from ledger.models import Job
 from ledger.retry_policy import backoff, retry_at
 from ledger.states import JobState
-from worker.executor import execute
+from ledger.worker.executor import execute
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 

@@ -21,12 +21,12 @@ from ledger.kinds import HEARTBEAT, PRUNE, RESCUE, JobContext, NoArgs, Registry,
 from ledger.statements import Success
 from ledger.store import Store
 from ledger.store_async import AsyncStore
-from worker.completer import Completer
-from worker.config import WorkerConfig
-from worker.executor import Outcome
-from worker.heartbeat import Heartbeat
-from worker.maintenance import worker_registry
-from worker.producer import Producer
+from ledger.worker.completer import Completer
+from ledger.worker.config import WorkerConfig
+from ledger.worker.executor import Outcome
+from ledger.worker.heartbeat import Heartbeat
+from ledger.worker.maintenance import worker_registry
+from ledger.worker.producer import Producer
 
 
 @asynccontextmanager

@@ -24,7 +24,8 @@ SENDS_SQL = {"execute", "executemany", "cursor", "pipeline", "copy", "stream"}
 
 
 def _modules() -> list[Path]:
-    return sorted(p for d in ("ledger", "worker", "web") for p in (ROOT / d).rglob("*.py"))
+    """Every module of the package, each once (ledger/worker and ledger/web are links to worker/ and web/)."""
+    return sorted(p for d in ("ledger", "worker", "web") for p in (ROOT / d).glob("*.py"))
 
 
 def _violations(path: Path) -> list[str]:
@@ -64,11 +65,11 @@ def test_the_sync_store_is_generated_from_the_async_one() -> None:
 
 
 def test_the_core_imports_neither_the_worker_nor_the_web_app() -> None:
-    for path in (ROOT / "ledger").rglob("*.py"):
+    for path in (ROOT / "ledger").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import | ast.ImportFrom):
                 names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
-                assert not any(n.split(".")[0] in ("worker", "web") for n in names), f"{path}: {names}"
+                assert not any(n.startswith(("ledger.worker", "ledger.web", "worker", "web")) for n in names), path
 
 
 def _function_defaults(conn: psycopg.Connection[DictRow], name: str) -> str:
@@ -119,7 +120,7 @@ def test_python_and_the_database_agree_on_the_enqueue_rules(
 
 @pytest.mark.parametrize("path", ["ledger", "worker", "web"])
 def test_every_module_opens_with_a_docstring(path: str) -> None:
-    for module in (ROOT / path).rglob("*.py"):
+    for module in (ROOT / path).glob("*.py"):
         tree = ast.parse(module.read_text(encoding="utf-8"))
         if tree.body:
             assert ast.get_docstring(tree), f"{module.relative_to(ROOT)} needs a one-line docstring"

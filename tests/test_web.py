@@ -20,9 +20,9 @@ from ledger.kinds import builtin_registry
 from ledger.migrate import schema_version
 from ledger.settings import Settings
 from ledger.store import Store
-from web.app import create_app
-from web.openapi import document
-from web.settings import WebSettings
+from ledger.web.app import create_app
+from ledger.web.openapi import document
+from ledger.web.settings import WebSettings
 
 TOKEN = "s3cret-token"
 

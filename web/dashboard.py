@@ -22,7 +22,7 @@ from .timeline import timeline
 
 __all__ = ["Dashboard"]
 
-env = Environment(loader=PackageLoader("web", "templates"), autoescape=select_autoescape(default=True))
+env = Environment(loader=PackageLoader("ledger.web", "templates"), autoescape=select_autoescape(default=True))
 env.filters["ms"] = lambda v: "" if v is None else (f"{v:.0f} ms" if v < 10_000 else f"{v / 1000:.1f} s")
 env.filters["when"] = lambda d: "" if d is None else d.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 env.filters["jsonpretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True)

@@ -1,4 +1,4 @@
-"""The gunicorn entry point: `gunicorn -c web/gunicorn_conf.py web.wsgi:app`."""
+"""The gunicorn entry point: `gunicorn -c python:ledger.web.gunicorn_conf ledger.web.wsgi:app`."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ from ledger.db import connect
 from ledger.kinds import JobContext, NoArgs, builtin_registry
 from ledger.logs import setup_logging
 from ledger.migrate import migrate
-from worker.config import WorkerConfig
-from worker.runtime import Worker
+from ledger.worker.config import WorkerConfig
+from ledger.worker.runtime import Worker
 
 registry = builtin_registry()
 
