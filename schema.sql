@@ -76,6 +76,9 @@ CREATE TABLE ledger.events (
     at        timestamptz NOT NULL DEFAULT now(),
     data      jsonb NOT NULL DEFAULT '{}',
     metadata  jsonb NOT NULL DEFAULT '{}',
+    -- sha256 chaining this event to its job's previous one (ledger.event_hash):
+    -- an edit made behind the triggers' back breaks the chain (`ledger verify`).
+    hash      bytea NOT NULL,
     -- One writer per version: two writers racing on a job cannot both append v.
     CONSTRAINT events_pkey PRIMARY KEY (job_id, version)
 ) PARTITION BY RANGE (job_id);
@@ -122,7 +125,8 @@ CREATE TABLE ledger.jobs (
     attempted_at  timestamptz,
     finalized_at  timestamptz,
     updated_at    timestamptz NOT NULL,
-    version       int NOT NULL
+    version       int NOT NULL,
+    head          bytea NOT NULL  -- the hash of the job's latest event: where its chain continues
 ) WITH (
     fillfactor = 80,
     -- A queue table churns: every claim and completion leaves a dead tuple and
@@ -183,6 +187,15 @@ CREATE TABLE ledger.metrics_histogram (
     PRIMARY KEY (metric, kind, le)
 );
 
+-- The roles that use the ledger besides its owner (`ledger roles`): `app`
+-- (workers, web, clients: the API functions and the read views) and
+-- `readonly` (dashboards and reports: the read views and read functions).
+-- ledger.grants_apply() grants from this table; migrate re-applies it.
+CREATE TABLE ledger.roles (
+    name    text PRIMARY KEY,
+    access  text NOT NULL CHECK (access IN ('app', 'readonly'))
+);
+
 -- ---------------------------------------------------------------- indexes
 
 -- The claim: claimable rows of a queue in the order they are taken.
@@ -197,6 +210,31 @@ CREATE INDEX jobs_running_idx ON ledger.jobs (queue, worker) WHERE state = 'runn
 CREATE INDEX discarded_at_idx ON ledger.discarded (discarded_at DESC, job_id DESC);
 
 -- ---------------------------------------------------------------- functions
+
+-- The read API: views the application and read-only roles select from, in
+-- place of the tables (which no role but the owner may touch). Re-created
+-- with the functions on an upgrade, so a table change never trips over them.
+
+CREATE VIEW ledger.read_jobs AS
+    SELECT id, kind, queue, priority, args, state, attempt, max_attempts, run_at, last_error, worker,
+           created_at, attempted_at, finalized_at, updated_at, version
+    FROM ledger.jobs;
+
+CREATE VIEW ledger.read_events AS
+    SELECT position, job_id, version, type, at, data, metadata, hash FROM ledger.events;
+
+CREATE VIEW ledger.read_discarded AS
+    SELECT d.*, j.last_error FROM ledger.discarded d JOIN ledger.jobs j ON j.id = d.job_id;
+
+CREATE VIEW ledger.read_metrics AS
+    SELECT metric, kind, le, count, sum FROM ledger.metrics_histogram;
+
+CREATE VIEW ledger.read_partitions AS
+    SELECT lo, hi, name, pruned_at FROM ledger.events_partitions;
+
+CREATE VIEW ledger.read_schema_versions AS
+    SELECT version, applied_at FROM ledger.schema_version;
+
 
 -- Raise the one message for a transition a job's state does not allow.
 CREATE FUNCTION ledger._refuse(j ledger.jobs, etype ledger.event_type, allowed ledger.job_state[])
@@ -217,6 +255,21 @@ BEGIN
         j.id, j.state, array_to_string(allowed::text[], ' or '), verb
         USING ERRCODE = 'LG001';
 END $$;
+
+-- The hash of an event: sha256 of its job's previous hash (NULL for the
+-- first) and everything the event says: the fixed-width fields in their
+-- binary send form (the time as microseconds, whatever the session's time
+-- zone), then the type, data and metadata as text (jsonb prints its keys in
+-- one order) separated by U+001F, which JSON text cannot hold raw. Every
+-- append computes it here and `ledger verify` recomputes it here, so the two
+-- cannot disagree. One SQL expression, inlined into the set-based appends.
+-- Cost: ~3 us an event here, half of it sha256()'s own set-up per call.
+CREATE FUNCTION ledger.event_hash(
+    prev bytea, job_id bigint, version int, type ledger.event_type, at timestamptz, data jsonb, metadata jsonb
+) RETURNS bytea LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT sha256(coalesce(prev, ''::bytea) || int8send(job_id) || int4send(version) || timestamptz_send(at)
+                  || textsend(type::text || E'\x1f' || data::text || E'\x1f' || metadata::text))
+$$;
 
 -- fold(job, event) -> job: what one event does to the current-state row.
 -- Pure (reads no table). Refuses an event that does not fit the job's state
@@ -299,6 +352,7 @@ BEGIN
     END IF;
     j.version := e.version;
     j.updated_at := e.at;
+    j.head := e.hash;
     RETURN j;
 END $$;
 
@@ -350,9 +404,10 @@ BEGIN
     e.at := now();
     e.data := edata;
     e.metadata := coalesce(emeta, '{}');
+    e.hash := ledger.event_hash(j.head, e.job_id, e.version, e.type, e.at, e.data, e.metadata);
     n := ledger.fold(j, e);
-    INSERT INTO ledger.events (job_id, version, type, at, data, metadata)
-    VALUES (e.job_id, e.version, e.type, e.at, e.data, e.metadata);
+    INSERT INTO ledger.events (job_id, version, type, at, data, metadata, hash)
+    VALUES (e.job_id, e.version, e.type, e.at, e.data, e.metadata, e.hash);
     IF j.id IS NULL THEN
         INSERT INTO ledger.jobs VALUES (n.*);
     ELSE
@@ -361,7 +416,7 @@ BEGIN
             state = n.state, attempt = n.attempt, max_attempts = n.max_attempts,
             run_at = n.run_at, last_error = n.last_error, worker = n.worker,
             created_at = n.created_at, attempted_at = n.attempted_at,
-            finalized_at = n.finalized_at, updated_at = n.updated_at, version = n.version
+            finalized_at = n.finalized_at, updated_at = n.updated_at, version = n.version, head = n.head
         WHERE id = n.id;
     END IF;
     IF n.state = 'discarded' THEN
@@ -417,7 +472,8 @@ CREATE FUNCTION ledger.job_enqueue_many(
     max_attempts int[],
     run_ats timestamptz[],
     metadata jsonb DEFAULT '{}'
-) RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+) RETURNS SETOF bigint LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n int := coalesce(cardinality(kinds), 0);
     upto bigint := (SELECT last_value FROM ledger.job_id_seq) + n;
@@ -450,19 +506,22 @@ BEGIN
         FROM unnest(kinds, args, queues, priorities, max_attempts, run_ats)
              WITH ORDINALITY AS t(k, a, q, p, m, r, ord)
         ORDER BY t.ord
+    ), enqueued AS MATERIALIZED (
+        SELECT i.*, ledger.event_hash(NULL, i.id, 1, 'enqueued', now(), i.d, i.meta) AS h
+        FROM (SELECT input.*, coalesce(job_enqueue_many.metadata, '{}') AS meta,
+                     jsonb_build_object('kind', k, 'queue', q, 'priority', p, 'args', a,
+                                        'max_attempts', m, 'run_at', r) AS d
+              FROM input) AS i
     ), new_jobs AS (
         INSERT INTO ledger.jobs
         SELECT id, k, q, p, a,
                CASE WHEN r <= now() THEN 'available' ELSE 'scheduled' END::ledger.job_state,
-               0, m, r, NULL, NULL, now(), NULL, NULL, now(), 1
-        FROM input
+               0, m, r, NULL, NULL, now(), NULL, NULL, now(), 1, h
+        FROM enqueued
     ), new_events AS (
-        INSERT INTO ledger.events (job_id, version, type, at, data, metadata)
-        SELECT id, 1, 'enqueued', now(),
-               jsonb_build_object('kind', k, 'queue', q, 'priority', p, 'args', a,
-                                  'max_attempts', m, 'run_at', r),
-               coalesce(job_enqueue_many.metadata, '{}')
-        FROM input
+        INSERT INTO ledger.events (job_id, version, type, at, data, metadata, hash)
+        SELECT id, 1, 'enqueued', now(), d, meta, h
+        FROM enqueued
     ), notified AS (
         SELECT count(pg_notify('ledger.' || due.q, '')) AS n
         FROM (SELECT DISTINCT input.q FROM input WHERE input.r <= now()) AS due
@@ -479,7 +538,8 @@ CREATE FUNCTION ledger.job_enqueue(
     max_attempts int DEFAULT 25,
     run_at timestamptz DEFAULT NULL,
     metadata jsonb DEFAULT '{}'
-) RETURNS bigint LANGUAGE sql AS $$
+) RETURNS bigint LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT ledger.job_enqueue_many(ARRAY[kind], ARRAY[args], ARRAY[queue], ARRAY[priority],
                                    ARRAY[max_attempts], ARRAY[run_at], metadata)
 $$;
@@ -488,7 +548,8 @@ $$;
 -- from rescue until expires_at. The lease has no default here: the caller's
 -- (ledger/defaults.py, the worker's --lease) is the one that counts.
 CREATE FUNCTION ledger.worker_heartbeat(worker text, lease interval)
-RETURNS timestamptz LANGUAGE sql AS $$
+RETURNS timestamptz LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO ledger.workers AS w (id, heartbeat_at, expires_at)
     VALUES (worker, now(), now() + lease)
     ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), expires_at = now() + lease
@@ -498,7 +559,8 @@ $$;
 -- A worker leaving: drop its heartbeat so whatever it abandoned is rescued
 -- at the next rescue pass rather than after the lease.
 CREATE FUNCTION ledger.worker_stop(worker text)
-RETURNS void LANGUAGE sql AS $$
+RETURNS void LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM ledger.workers WHERE id = worker
 $$;
 
@@ -519,37 +581,44 @@ CREATE FUNCTION ledger.job_claim(
     worker text,
     lease interval,
     metadata jsonb DEFAULT '{}'
-) RETURNS SETOF ledger.jobs LANGUAGE plpgsql AS $$
+) RETURNS SETOF ledger.read_jobs LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO ledger.workers (id, heartbeat_at, expires_at) VALUES (worker, now(), now() + lease)
     ON CONFLICT (id) DO NOTHING;
     RETURN QUERY
     WITH picked AS (
-        SELECT j.id FROM ledger.jobs j
+        SELECT j.id, j.version + 1 AS v, j.head,
+               jsonb_build_object('worker', job_claim.worker, 'attempt', j.attempt + 1) AS d
+        FROM ledger.jobs j
         WHERE j.state IN ('available', 'scheduled', 'retryable')
           AND j.queue = job_claim.queue AND j.run_at <= now()
         ORDER BY j.priority, j.run_at, j.id
         LIMIT n
         FOR UPDATE SKIP LOCKED
+    ), started AS (
+        SELECT p.id, p.v, p.d, ledger.event_hash(p.head, p.id, p.v, 'started', now(), p.d, m.meta) AS h, m.meta
+        FROM picked p, (SELECT coalesce(job_claim.metadata, '{}') AS meta) AS m
     ), claimed AS (
         UPDATE ledger.jobs j
         SET state = 'running', attempt = j.attempt + 1, worker = job_claim.worker,
-            attempted_at = now(), updated_at = now(), version = j.version + 1
-        FROM picked WHERE j.id = picked.id
+            attempted_at = now(), updated_at = now(), version = s.v, head = s.h
+        FROM started s WHERE j.id = s.id
         RETURNING j.*
     ), appended AS (
-        INSERT INTO ledger.events (job_id, version, type, at, data, metadata)
-        SELECT c.id, c.version, 'started', now(),
-               jsonb_build_object('worker', job_claim.worker, 'attempt', c.attempt),
-               coalesce(job_claim.metadata, '{}')
-        FROM claimed c
+        INSERT INTO ledger.events (job_id, version, type, at, data, metadata, hash)
+        SELECT s.id, s.v, 'started', now(), s.d, s.meta, s.h
+        FROM started s
     )
-    SELECT * FROM claimed c ORDER BY c.priority, c.run_at, c.id;
+    SELECT c.id, c.kind, c.queue, c.priority, c.args, c.state, c.attempt, c.max_attempts, c.run_at,
+           c.last_error, c.worker, c.created_at, c.attempted_at, c.finalized_at, c.updated_at, c.version
+    FROM claimed c ORDER BY c.priority, c.run_at, c.id;
 END $$;
 
 -- The attempt succeeded.
 CREATE FUNCTION ledger.job_succeed(job_id bigint, expected_version int DEFAULT NULL, metadata jsonb DEFAULT '{}')
-RETURNS ledger.jobs LANGUAGE plpgsql AS $$
+RETURNS ledger.jobs LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     j ledger.jobs := ledger._job_for_update(job_id, expected_version);
 BEGIN
@@ -566,7 +635,8 @@ END $$;
 -- pickup wait in ms): cheaper to send and parse than a JSON document per job.
 CREATE FUNCTION ledger.job_succeed_many(
     job_ids bigint[], expected_versions int[], worker text, duration_ms float8[], wait_ms float8[]
-) RETURNS TABLE (job_id bigint, recorded boolean) LANGUAGE plpgsql AS $$
+) RETURNS TABLE (job_id bigint, recorded boolean) LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY
     WITH input AS (
@@ -574,19 +644,23 @@ BEGIN
                jsonb_strip_nulls(jsonb_build_object('worker', worker, 'duration_ms', t.d, 'wait_ms', t.w)) AS m
         FROM unnest(job_ids, expected_versions, duration_ms, wait_ms) AS t(id, v, d, w)
     ), locked AS (
-        SELECT j.id FROM ledger.jobs j JOIN input i ON i.id = j.id
+        SELECT j.id, j.version + 1 AS v, j.head, i.m
+        FROM ledger.jobs j JOIN input i ON i.id = j.id
         WHERE j.state = 'running' AND j.version = i.v
         ORDER BY j.id
         FOR UPDATE OF j
+    ), hashed AS (
+        SELECT l.id, l.v, l.m, ledger.event_hash(l.head, l.id, l.v, 'succeeded', now(), '{}', l.m) AS h
+        FROM locked l
     ), done AS (
         UPDATE ledger.jobs j
-        SET state = 'succeeded', finalized_at = now(), updated_at = now(), version = j.version + 1
-        FROM locked l WHERE j.id = l.id
-        RETURNING j.id, j.version
+        SET state = 'succeeded', finalized_at = now(), updated_at = now(), version = l.v, head = l.h
+        FROM hashed l WHERE j.id = l.id
+        RETURNING j.id
     ), appended AS (
-        INSERT INTO ledger.events (job_id, version, type, at, data, metadata)
-        SELECT d.id, d.version, 'succeeded', now(), '{}', coalesce(i.m, '{}')
-        FROM done d JOIN input i ON i.id = d.id
+        INSERT INTO ledger.events (job_id, version, type, at, data, metadata, hash)
+        SELECT l.id, l.v, 'succeeded', now(), '{}', l.m, l.h
+        FROM hashed l
     )
     SELECT i.id, d.id IS NOT NULL FROM input i LEFT JOIN done d ON d.id = i.id;
 END $$;
@@ -602,7 +676,8 @@ CREATE FUNCTION ledger.job_fail(
     discard boolean DEFAULT false,
     expected_version int DEFAULT NULL,
     metadata jsonb DEFAULT '{}'
-) RETURNS ledger.jobs LANGUAGE plpgsql AS $$
+) RETURNS ledger.jobs LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     j ledger.jobs := ledger._job_for_update(job_id, expected_version);
 BEGIN
@@ -619,7 +694,8 @@ END $$;
 -- Stop a job that has not finished.
 CREATE FUNCTION ledger.job_cancel(
     job_id bigint, reason text DEFAULT NULL, expected_version int DEFAULT NULL, metadata jsonb DEFAULT '{}'
-) RETURNS ledger.jobs LANGUAGE plpgsql AS $$
+) RETURNS ledger.jobs LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     j ledger.jobs := ledger._job_for_update(job_id, expected_version);
 BEGIN
@@ -629,7 +705,8 @@ END $$;
 -- A running job asks to run again later without spending an attempt.
 CREATE FUNCTION ledger.job_snooze(
     job_id bigint, run_at timestamptz, expected_version int DEFAULT NULL, metadata jsonb DEFAULT '{}'
-) RETURNS ledger.jobs LANGUAGE plpgsql AS $$
+) RETURNS ledger.jobs LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     j ledger.jobs := ledger._job_for_update(job_id, expected_version);
 BEGIN
@@ -644,19 +721,21 @@ END $$;
 CREATE FUNCTION ledger.job_replay(
     job_id bigint, actor text DEFAULT NULL, reason text DEFAULT NULL,
     expected_version int DEFAULT NULL, metadata jsonb DEFAULT '{}'
-) RETURNS ledger.jobs LANGUAGE plpgsql AS $$
+) RETURNS ledger.jobs LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     j ledger.jobs := ledger._job_for_update(job_id, expected_version);
 BEGIN
     RETURN ledger._append(j, j.id, 'replayed',
-        jsonb_build_object('by', coalesce(actor, current_user::text), 'reason', reason), metadata);
+        jsonb_build_object('by', coalesce(actor, session_user::text), 'reason', reason), metadata);
 END $$;
 
 -- Return to work the running jobs whose worker's lease expired before
 -- `as_of` (or that have no heartbeat row at all). job_ids narrows it to
 -- those jobs. Each gets a `rescued` event naming the vanished worker.
 CREATE FUNCTION ledger.job_rescue(as_of timestamptz DEFAULT now(), job_ids bigint[] DEFAULT NULL, metadata jsonb DEFAULT '{}')
-RETURNS SETOF ledger.jobs LANGUAGE plpgsql AS $$
+RETURNS SETOF ledger.jobs LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
     j ledger.jobs;
@@ -692,7 +771,8 @@ CREATE FUNCTION ledger.periodic_enqueue(
     queue text DEFAULT 'default',
     priority int DEFAULT 5,
     max_attempts int DEFAULT 1
-) RETURNS bigint LANGUAGE plpgsql AS $$
+) RETURNS bigint LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     job_id bigint;
 BEGIN
@@ -724,7 +804,8 @@ END $$;
 -- skipped (positions are assigned before commit, so a long transaction can
 -- still commit below the cursor: the histograms are a close count, not exact).
 CREATE FUNCTION ledger.metrics_refresh(settle interval DEFAULT '2 seconds')
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     from_position bigint;
     to_position bigint;
@@ -767,7 +848,8 @@ END $$;
 -- queue '*').
 CREATE FUNCTION ledger.job_counts()
 RETURNS TABLE (state ledger.job_state, queue text, count bigint, exact boolean)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     rows_estimate float8 := (SELECT reltuples FROM pg_class WHERE oid = 'ledger.jobs'::regclass);
 BEGIN
@@ -816,7 +898,8 @@ END $$;
 -- (projection, id, live row, rebuilt row). Empty means consistent.
 CREATE FUNCTION ledger.projections_diff()
 RETURNS TABLE (projection text, job_id bigint, live jsonb, rebuilt jsonb)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     WITH folded AS MATERIALIZED (SELECT * FROM ledger.jobs_folded()),
     dead AS (SELECT d.* FROM folded f, LATERAL ledger.discarded_row(f) d WHERE f.state = 'discarded')
     SELECT 'jobs', coalesce(l.id, f.id), to_jsonb(l), to_jsonb(f)
@@ -832,7 +915,8 @@ $$;
 -- Replace both projections with the fold of the events. Returns the number
 -- of jobs rebuilt. Takes exclusive locks: nothing else writes meanwhile.
 CREATE FUNCTION ledger.projections_rebuild()
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n bigint;
 BEGIN
@@ -845,6 +929,93 @@ BEGIN
     INSERT INTO ledger.discarded
     SELECT d.* FROM ledger.jobs j, LATERAL ledger.discarded_row(j) d WHERE j.state = 'discarded';
     RETURN n;
+END $$;
+
+-- Every place a job's history disagrees with its hash chain or its head:
+-- (job_id, version, problem); empty means untouched. Recomputes each
+-- event's hash from its content and the previous event's stored hash
+-- (ledger.event_hash), checks versions run 1..n without a gap, and that the
+-- current-state row's version and head are the last event's. It finds an
+-- event changed, removed or inserted behind the triggers' back, and a lost
+-- head; it cannot find a whole history removed together with its
+-- current-state row, nor a chain an editor recomputed to its end together
+-- with the head (docs/guarantees.md says so).
+CREATE FUNCTION ledger.events_verify()
+RETURNS TABLE (job_id bigint, version int, problem text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH chain AS (
+        SELECT e.job_id, e.version, e.hash,
+               lag(e.version) OVER w AS prev_version,
+               ledger.event_hash(lag(e.hash) OVER w, e.job_id, e.version, e.type, e.at, e.data, e.metadata) AS expected,
+               row_number() OVER (PARTITION BY e.job_id ORDER BY e.version DESC) AS from_end
+        FROM ledger.events e
+        WINDOW w AS (PARTITION BY e.job_id ORDER BY e.version)
+    )
+    SELECT c.job_id, c.version, CASE
+        WHEN coalesce(c.prev_version, 0) <> c.version - 1
+            THEN format('event(s) v%s..v%s are missing', coalesce(c.prev_version, 0) + 1, c.version - 1)
+        ELSE format('event v%s does not match its hash chain: it, or the one before it, was changed or inserted',
+                    c.version)
+        END
+    FROM chain c
+    WHERE coalesce(c.prev_version, 0) <> c.version - 1 OR c.hash <> c.expected
+    UNION ALL
+    SELECT coalesce(j.id, h.job_id), h.version, CASE
+        WHEN j.id IS NULL THEN 'a history without a current-state row'
+        WHEN h.job_id IS NULL THEN 'a current-state row without any history'
+        WHEN j.version <> h.version
+            THEN format('the current state is at v%s but the history ends at v%s', j.version, h.version)
+        ELSE format('the head of the current state is not the hash of the last event v%s', h.version)
+        END
+    FROM ledger.jobs j FULL JOIN (SELECT * FROM chain WHERE from_end = 1) h ON h.job_id = j.id
+    WHERE j.id IS NULL OR h.job_id IS NULL OR j.version <> h.version OR j.head <> h.hash
+    ORDER BY 1, 2
+$$;
+
+-- Events appended so far: the identity's last value, O(1), where
+-- max(position) would scan (position has only a BRIN index).
+CREATE FUNCTION ledger.events_appended()
+RETURNS bigint LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT s.last_value FROM pg_sequences s
+                     WHERE s.schemaname = 'ledger' AND s.sequencename = 'events_position_seq'), 0)
+$$;
+
+-- Apply the privileges: PUBLIC may call no ledger function (PostgreSQL
+-- grants EXECUTE to PUBLIC by default, and the API functions run as the
+-- owner), the `app` roles of ledger.roles may call the API and read the
+-- views, the `readonly` ones may read. Nobody but the owner holds a table
+-- privilege, so history changes only through the functions (invariant 8).
+-- Run by `ledger migrate` at the end of every schema application (grants
+-- die with the functions an upgrade re-creates) and by `ledger roles`.
+CREATE FUNCTION ledger.grants_apply()
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    api text[] := ARRAY['job_enqueue_many', 'job_enqueue', 'job_claim', 'job_succeed', 'job_succeed_many',
+                        'job_fail', 'job_cancel', 'job_snooze', 'job_replay', 'job_rescue', 'periodic_enqueue',
+                        'worker_heartbeat', 'worker_stop', 'events_prune_partition'];
+    reads text[] := ARRAY['job_counts', 'projections_diff', 'metrics_refresh', 'events_appended', 'events_verify'];
+    views text[] := ARRAY['read_jobs', 'read_events', 'read_discarded', 'read_metrics', 'read_partitions',
+                          'read_schema_versions'];
+    r ledger.roles;
+    f regprocedure;
+    v text;
+BEGIN
+    REVOKE ALL ON SCHEMA ledger FROM PUBLIC;
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p WHERE p.pronamespace = 'ledger'::regnamespace LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+    FOR r IN SELECT * FROM ledger.roles ORDER BY name LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r.name);
+        EXECUTE format('GRANT USAGE ON SCHEMA ledger TO %I', r.name);
+        FOREACH v IN ARRAY views LOOP
+            EXECUTE format('GRANT SELECT ON ledger.%I TO %I', v, r.name);
+        END LOOP;
+        FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+                 WHERE p.pronamespace = 'ledger'::regnamespace
+                   AND p.proname = ANY (CASE WHEN r.access = 'app' THEN api || reads ELSE reads END) LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, r.name);
+        END LOOP;
+    END LOOP;
 END $$;
 
 -- History is append-only: refuse UPDATE, DELETE and TRUNCATE on events.
@@ -921,7 +1092,8 @@ END $$;
 -- then never loses to a deadlock; the prune times out, rolls back and retries.
 CREATE FUNCTION ledger.events_prune_partition(lo bigint, cutoff timestamptz, purge_discarded boolean DEFAULT false)
 RETURNS TABLE (action text, jobs_removed bigint, events_removed bigint, jobs_kept bigint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     p ledger.events_partitions;
     finished ledger.job_state[] := CASE WHEN purge_discarded
@@ -1012,3 +1184,7 @@ CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON ledger.events
 -- and create the first ones, or the spare one ahead.
 SELECT ledger._events_partition_guard(name) FROM ledger.events_partitions;
 SELECT ledger.events_partitions_ensure((SELECT last_value FROM ledger.job_id_seq));
+
+-- ---------------------------------------------------------------- privileges
+
+SELECT ledger.grants_apply();

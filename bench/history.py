@@ -17,25 +17,36 @@ __all__ = ["build_history", "measure_present", "measure_rebuild"]
 
 # Bulk-load finished jobs straight into both tables: the rows the functions would
 # have written (enqueued, started, then succeeded, or discarded for every
-# `dead`-th job), so `ledger rebuild --check` holds.
-_BULK_JOBS = """
-INSERT INTO ledger.jobs
-SELECT g, 'noop', 'default', 5, '{}',
-       CASE WHEN g %% %(dead)s = 0 THEN 'discarded' ELSE 'succeeded' END::ledger.job_state, 1, 1, %(t)s,
-       CASE WHEN g %% %(dead)s = 0 THEN 'boom' END, 'w', %(t)s, %(t)s, %(t)s, %(t)s, 3
-FROM generate_series(%(lo)s, %(hi)s) g
-"""
-_BULK_EVENTS = """
-INSERT INTO ledger.events (job_id, version, type, at, data)
-SELECT g, v,
-       CASE v WHEN 1 THEN 'enqueued' WHEN 2 THEN 'started'
-              ELSE CASE WHEN g %% %(dead)s = 0 THEN 'discarded' ELSE 'succeeded' END END::ledger.event_type,
-       %(t)s,
-       CASE v WHEN 1 THEN jsonb_build_object('kind', 'noop', 'queue', 'default', 'priority', 5, 'args', '{}'::jsonb,
-                                             'max_attempts', 1, 'run_at', %(t)s::timestamptz)
-              WHEN 2 THEN '{"worker": "w", "attempt": 1}'::jsonb
-              ELSE CASE WHEN g %% %(dead)s = 0 THEN '{"attempt": 1, "error": "boom"}'::jsonb ELSE '{}'::jsonb END END
-FROM generate_series(%(lo)s, %(hi)s) g CROSS JOIN generate_series(1, 3) v
+# `dead`-th job), each event chained by ledger.event_hash, so `ledger rebuild
+# --check` and `ledger verify` hold.
+_BULK = """
+WITH base AS (
+    SELECT g, g %% %(dead)s = 0 AS dead,
+           jsonb_build_object('kind', 'noop', 'queue', 'default', 'priority', 5, 'args', '{}'::jsonb,
+                              'max_attempts', 1, 'run_at', %(t)s::timestamptz) AS d1,
+           '{"worker": "w", "attempt": 1}'::jsonb AS d2,
+           CASE WHEN g %% %(dead)s = 0 THEN '{"attempt": 1, "error": "boom"}' ELSE '{}' END::jsonb AS d3
+    FROM generate_series(%(lo)s, %(hi)s) g
+), one AS (
+    SELECT b.*, ledger.event_hash(NULL, g, 1, 'enqueued', %(t)s, d1, '{}') AS h1 FROM base b
+), two AS (
+    SELECT o.*, ledger.event_hash(h1, g, 2, 'started', %(t)s, d2, '{}') AS h2 FROM one o
+), three AS (
+    SELECT w.*, CASE WHEN dead THEN 'discarded' ELSE 'succeeded' END::ledger.event_type AS last,
+           ledger.event_hash(h2, g, 3, CASE WHEN dead THEN 'discarded' ELSE 'succeeded' END::ledger.event_type,
+                             %(t)s, d3, '{}') AS h3
+    FROM two w
+), new_jobs AS (
+    INSERT INTO ledger.jobs
+    SELECT g, 'noop', 'default', 5, '{}',
+           CASE WHEN dead THEN 'discarded' ELSE 'succeeded' END::ledger.job_state, 1, 1, %(t)s,
+           CASE WHEN dead THEN 'boom' END, 'w', %(t)s, %(t)s, %(t)s, %(t)s, 3, h3
+    FROM three
+)
+INSERT INTO ledger.events (job_id, version, type, at, data, hash)
+SELECT g, e.v, e.type, %(t)s, e.d, e.h
+FROM three CROSS JOIN LATERAL (VALUES (1, 'enqueued'::ledger.event_type, d1, h1), (2, 'started', d2, h2),
+                                      (3, last, d3, h3)) AS e(v, type, d, h)
 """
 _BULK_DEAD = """
 INSERT INTO ledger.discarded
@@ -61,8 +72,7 @@ def build_history(url: str, events: int, *, age: timedelta = timedelta(days=1), 
             hi = min(lo + chunk - 1, base + jobs - 1)
             params = {"lo": lo, "hi": hi, "t": t, "dead": dead}
             with conn.transaction():
-                conn.execute(_BULK_JOBS, params)
-                conn.execute(_BULK_EVENTS, params)
+                conn.execute(_BULK, params)
                 conn.execute(_BULK_DEAD, params)
         conn.execute("SELECT setval('ledger.job_id_seq', %s)", [base + jobs])
         conn.execute("VACUUM ANALYZE ledger.jobs")

@@ -15,6 +15,7 @@ __all__ = [
     "InvalidArguments",
     "JobNotFound",
     "LedgerError",
+    "PermissionDenied",
     "UnknownKind",
     "VersionConflict",
     "from_database",
@@ -64,6 +65,11 @@ class JobNotFound(LedgerError):
     """No job has that id (SQLSTATE LG003)."""
 
 
+class PermissionDenied(LedgerError):
+    """The database role may not do this (SQLSTATE 42501): a read-only role writing, or a role
+    the ledger does not know (`ledger roles` grants them)."""
+
+
 _BY_SQLSTATE: dict[str, type[LedgerError]] = {
     "LG001": IllegalTransition,
     "LG002": VersionConflict,
@@ -71,6 +77,7 @@ _BY_SQLSTATE: dict[str, type[LedgerError]] = {
     "LG004": InvalidArguments,
     "LG005": IllegalTransition,
     "23505": VersionConflict,  # unique (job_id, version): a racing writer appended first
+    "42501": PermissionDenied,
 }
 
 
@@ -80,6 +87,8 @@ def from_database(exc: psycopg.Error) -> LedgerError | None:
     if cls is None:
         return None
     diag = exc.diag.message_primary or str(exc)
+    if cls is PermissionDenied:
+        diag += "; this database role may use the ledger only as `ledger roles` allowed it"
     return cls(diag)
 
 

@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .store import Store
 
 __all__ = [
+    "DROP_FUNCTIONS",
     "MigrateResult",
     "current_version",
     "functions_sql",
@@ -34,16 +35,21 @@ __all__ = [
 _LOCK_KEY = 0x1ED6E5
 _FUNCTIONS_MARK = "-- ---------------------------------------------------------------- functions\n"
 _UPGRADES = Path(__file__).with_name("upgrades")
-# Before an upgrade: every function goes (CASCADE takes the triggers), so the
-# upgrade scripts may change the tables their signatures name, and functions
-# a version removed do not linger; functions_sql() then re-creates them all.
-_DROP_FUNCTIONS = """
+# Before an upgrade: every view and function goes (CASCADE takes the
+# triggers), so the upgrade scripts may change the tables they name, and
+# objects a version removed do not linger; functions_sql() then re-creates
+# them all, and the privileges with them.
+DROP_FUNCTIONS = """
 DO $$
 DECLARE
-    f regprocedure;
+    name text;  -- names as text, taken up front: a CASCADE may drop a later one first
 BEGIN
-    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p WHERE p.pronamespace = 'ledger'::regnamespace LOOP
-        EXECUTE format('DROP FUNCTION %s CASCADE', f);
+    FOR name IN SELECT c.oid::regclass::text FROM pg_class c
+                WHERE c.relnamespace = 'ledger'::regnamespace AND c.relkind = 'v' LOOP
+        EXECUTE format('DROP VIEW IF EXISTS %s CASCADE', name);
+    END LOOP;
+    FOR name IN SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace = 'ledger'::regnamespace LOOP
+        EXECUTE format('DROP FUNCTION IF EXISTS %s CASCADE', name);
     END LOOP;
 END $$;
 """
@@ -123,7 +129,7 @@ def migrate(conn: psycopg.Connection[Any]) -> MigrateResult:
         if before is None:
             store.run_script(schema_sql())
         else:
-            store.run_script(_DROP_FUNCTIONS)
+            store.run_script(DROP_FUNCTIONS)
             for version in range(before + 1, target + 1):
                 store.run_script(upgrade_sql(version))
             store.run_script(functions_sql())

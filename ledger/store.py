@@ -37,6 +37,12 @@ class Store:
                 cur.execute(query(name), params or {})
             return cur.fetchall()
 
+    def _run(self, name: str, params: Mapping[str, Any] | None = None) -> None:
+        """A statement whose rows, if any, nobody reads."""
+        with self.conn.cursor() as cur:
+            with refusals():
+                cur.execute(query(name), params or {})
+
     def _column(self, name: str, params: Mapping[str, Any]) -> list[Any]:
         """The first column of every row: no dict per row (a batch enqueue returns a thousand ids)."""
         with self.conn.cursor(row_factory=tuple_row) as cur:
@@ -257,7 +263,7 @@ class Store:
 
     def worker_stop(self, worker: str) -> None:
         """Drop `worker`'s heartbeat, so the jobs it abandoned are rescued at the next pass."""
-        self._rows("worker_stop", {"worker": worker})
+        self._run("worker_stop", {"worker": worker})
 
     def projections_rebuild(self) -> int:
         """Replace both projections with the fold of the events; the number of jobs rebuilt."""
@@ -277,7 +283,7 @@ class Store:
         timeout = f"{max(1, int(lock_timeout.total_seconds() * 1000))}ms"
         try:
             with self.conn.transaction():
-                self._rows("lock_timeout_local", {"timeout": timeout})
+                self._run("lock_timeout_local", {"timeout": timeout})
                 return self._one(
                     "events_prune_partition", {"lo": lo, "cutoff": cutoff, "purge_discarded": purge_discarded}
                 )
@@ -289,26 +295,42 @@ class Store:
         for channel in channels:
             self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
 
+    def events_verify(self) -> list[DictRow]:
+        """(job_id, version, problem) wherever a history disagrees with its hash chain; empty when untouched."""
+        return self._rows("events_verify")
+
+    # ------------------------------------------------------------ roles (`ledger roles`)
+
+    def roles_grant(self, name: str, access: str) -> bool:
+        """Record `name` as a role of the ledger with `access` (app or readonly), creating it (LOGIN, no
+        password) if it does not exist, and apply the privileges; True if the role was created."""
+        created = not self._one("role_exists", {"name": name})["present"]
+        if created:
+            self.conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+        self._run("roles_record", {"name": name, "access": access})
+        self._run("grants_apply")
+        return created
+
     # ------------------------------------------------------------ schema (ledger/migrate.py)
 
     def schema_version(self) -> int | None:
         """The ledger schema's version in this database; None when it has none."""
-        if not self._one("schema_present")["present"]:
+        found = self._one("schema_present")
+        if not found["present"]:
             return None
-        version: int | None = self._one("schema_version")["version"]
+        version: int | None = self._one("schema_version_read" if found["readable"] else "schema_version")["version"]
         return version
 
     def migrate_lock(self, key: int) -> None:
         """Serialise migrations: held until the caller's transaction ends."""
-        self._rows("migrate_lock", {"key": key})
+        self._run("migrate_lock", {"key": key})
 
     def run_script(self, script: str) -> None:
         """Run a whole DDL script (schema.sql or an upgrade) as it is written: the one place raw SQL text runs."""
         self.conn.execute(script.encode())
 
     def schema_version_record(self, version: int) -> None:
-        with self.conn.cursor() as cur:
-            cur.execute(query("schema_version_record"), {"version": version})
+        self._run("schema_version_record", {"version": version})
 
     # ------------------------------------------------------------ the server (ledger/embedded.py)
 

@@ -51,6 +51,12 @@ class AsyncStore:
                 await cur.execute(query(name), params or {})
             return await cur.fetchall()
 
+    async def _run(self, name: str, params: Mapping[str, Any] | None = None) -> None:
+        """A statement whose rows, if any, nobody reads."""
+        async with self.conn.cursor() as cur:
+            with refusals():
+                await cur.execute(query(name), params or {})
+
     async def _column(self, name: str, params: Mapping[str, Any]) -> list[Any]:
         """The first column of every row: no dict per row (a batch enqueue returns a thousand ids)."""
         async with self.conn.cursor(row_factory=tuple_row) as cur:
@@ -273,7 +279,7 @@ class AsyncStore:
 
     async def worker_stop(self, worker: str) -> None:
         """Drop `worker`'s heartbeat, so the jobs it abandoned are rescued at the next pass."""
-        await self._rows("worker_stop", {"worker": worker})
+        await self._run("worker_stop", {"worker": worker})
 
     async def projections_rebuild(self) -> int:
         """Replace both projections with the fold of the events; the number of jobs rebuilt."""
@@ -293,7 +299,7 @@ class AsyncStore:
         timeout = f"{max(1, int(lock_timeout.total_seconds() * 1000))}ms"
         try:
             async with self.conn.transaction():
-                await self._rows("lock_timeout_local", {"timeout": timeout})
+                await self._run("lock_timeout_local", {"timeout": timeout})
                 return await self._one(
                     "events_prune_partition", {"lo": lo, "cutoff": cutoff, "purge_discarded": purge_discarded}
                 )
@@ -305,26 +311,44 @@ class AsyncStore:
         for channel in channels:
             await self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
 
+    async def events_verify(self) -> list[DictRow]:
+        """(job_id, version, problem) wherever a history disagrees with its hash chain; empty when untouched."""
+        return await self._rows("events_verify")
+
+    # ------------------------------------------------------------ roles (`ledger roles`)
+
+    async def roles_grant(self, name: str, access: str) -> bool:
+        """Record `name` as a role of the ledger with `access` (app or readonly), creating it (LOGIN, no
+        password) if it does not exist, and apply the privileges; True if the role was created."""
+        created = not (await self._one("role_exists", {"name": name}))["present"]
+        if created:
+            await self.conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+        await self._run("roles_record", {"name": name, "access": access})
+        await self._run("grants_apply")
+        return created
+
     # ------------------------------------------------------------ schema (ledger/migrate.py)
 
     async def schema_version(self) -> int | None:
         """The ledger schema's version in this database; None when it has none."""
-        if not (await self._one("schema_present"))["present"]:
+        found = await self._one("schema_present")
+        if not found["present"]:
             return None
-        version: int | None = (await self._one("schema_version"))["version"]
+        version: int | None = (await self._one("schema_version_read" if found["readable"] else "schema_version"))[
+            "version"
+        ]
         return version
 
     async def migrate_lock(self, key: int) -> None:
         """Serialise migrations: held until the caller's transaction ends."""
-        await self._rows("migrate_lock", {"key": key})
+        await self._run("migrate_lock", {"key": key})
 
     async def run_script(self, script: str) -> None:
         """Run a whole DDL script (schema.sql or an upgrade) as it is written: the one place raw SQL text runs."""
         await self.conn.execute(script.encode())
 
     async def schema_version_record(self, version: int) -> None:
-        async with self.conn.cursor() as cur:
-            await cur.execute(query("schema_version_record"), {"version": version})
+        await self._run("schema_version_record", {"version": version})
 
     # ------------------------------------------------------------ the server (ledger/embedded.py)
 

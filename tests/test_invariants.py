@@ -94,7 +94,7 @@ def test_invariant_3_one_writer_per_version(db_url: str, store: Store, conn: psy
 
     # A raw append of an existing version is refused by the unique (job_id, version).
     with pytest.raises(psycopg.errors.UniqueViolation):
-        conn.execute("INSERT INTO ledger.events (job_id, version, type) VALUES (%s, 2, 'succeeded')", [job])
+        conn.execute("INSERT INTO ledger.events (job_id, version, type, hash) VALUES (%s, 2, 'succeeded', '')", [job])
     versions = [e.version for e in store.events_for_job(job)]
     assert versions == [1, 2]
 

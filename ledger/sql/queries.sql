@@ -1,17 +1,17 @@
 -- Every statement the project sends, loaded by name (ledger/queries.py) by
 -- the store alone (ledger/store_async.py, and ledger/store.py generated from
--- it). Writes go through the schema's functions; reads are plain.
+-- it). Writes go through the schema's functions; reads select from the
+-- read views (ledger.read_*), which are all the application role may read.
 
 -- name: job_get
-SELECT * FROM ledger.jobs WHERE id = %(id)s;
+SELECT * FROM ledger.read_jobs WHERE id = %(id)s;
 
 -- name: events_for_job
 SELECT position, job_id, version, type, at, data, metadata
-FROM ledger.events WHERE job_id = %(id)s ORDER BY version;
+FROM ledger.read_events WHERE job_id = %(id)s ORDER BY version;
 
 -- name: discarded_list
-SELECT d.*, j.last_error
-FROM ledger.discarded d JOIN ledger.jobs j ON j.id = d.job_id
+SELECT d.* FROM ledger.read_discarded d
 WHERE (%(kind)s::text IS NULL OR d.kind = %(kind)s)
   AND (%(queue)s::text IS NULL OR d.queue = %(queue)s)
 ORDER BY d.discarded_at DESC, d.job_id DESC
@@ -65,7 +65,7 @@ SELECT ledger.worker_stop(%(worker)s);
 
 -- name: jobs_list
 -- Newest first; keyset pagination on id (pass the last id seen as `before`).
-SELECT * FROM ledger.jobs
+SELECT * FROM ledger.read_jobs
 WHERE (%(state)s::ledger.job_state IS NULL OR state = %(state)s::ledger.job_state)
   AND (%(kind)s::text IS NULL OR kind = %(kind)s)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
@@ -80,25 +80,23 @@ SELECT * FROM ledger.job_counts();
 SELECT ledger.metrics_refresh() AS events;
 
 -- name: metrics_histogram
-SELECT metric, kind, le, count, sum FROM ledger.metrics_histogram ORDER BY metric, kind, le;
+SELECT metric, kind, le, count, sum FROM ledger.read_metrics ORDER BY metric, kind, le;
 
 -- name: events_appended
--- The identity's last value: O(1), where max(position) would scan (position has only a BRIN index).
-SELECT coalesce((SELECT last_value FROM pg_sequences
-                 WHERE schemaname = 'ledger' AND sequencename = 'events_position_seq'), 0) AS total;
+SELECT ledger.events_appended() AS total;
 
 -- name: job_succeed_many
 SELECT * FROM ledger.job_succeed_many(
     %(ids)s::bigint[], %(versions)s::int[], %(worker)s, %(duration_ms)s::float8[], %(wait_ms)s::float8[]);
 
 -- name: events_partitions
-SELECT lo, hi, name, pruned_at FROM ledger.events_partitions ORDER BY lo;
+SELECT lo, hi, name, pruned_at FROM ledger.read_partitions ORDER BY lo;
 
 -- name: events_prune_partition
 SELECT * FROM ledger.events_prune_partition(%(lo)s, %(cutoff)s, %(purge_discarded)s);
 
 -- name: jobs_running_for_worker
-SELECT id FROM ledger.jobs WHERE state = 'running' AND worker = %(worker)s;
+SELECT id FROM ledger.read_jobs WHERE state = 'running' AND worker = %(worker)s;
 
 -- name: job_rescue_orphans
 -- Jobs a live worker holds in the database but not in memory (a claim whose
@@ -106,10 +104,16 @@ SELECT id FROM ledger.jobs WHERE state = 'running' AND worker = %(worker)s;
 SELECT id FROM ledger.job_rescue('infinity', %(ids)s, %(metadata)s);
 
 -- name: schema_present
-SELECT to_regclass('ledger.schema_version') IS NOT NULL AS present;
+-- The read view where it exists (what every role may read), else the table
+-- (a ledger from before the view, which only its owner migrates).
+SELECT to_regclass('ledger.schema_version') IS NOT NULL AS present,
+       to_regclass('ledger.read_schema_versions') IS NOT NULL AS readable;
 
 -- name: schema_version
 SELECT max(version) AS version FROM ledger.schema_version;
+
+-- name: schema_version_read
+SELECT max(version) AS version FROM ledger.read_schema_versions;
 
 -- name: schema_version_record
 INSERT INTO ledger.schema_version (version) VALUES (%(version)s);
@@ -127,3 +131,16 @@ SELECT set_config('lock_timeout', %(timeout)s, true);
 
 -- name: database_exists
 SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %(name)s) AS present;
+
+-- name: events_verify
+SELECT * FROM ledger.events_verify();
+
+-- name: roles_record
+INSERT INTO ledger.roles (name, access) VALUES (%(name)s, %(access)s)
+ON CONFLICT (name) DO UPDATE SET access = excluded.access;
+
+-- name: grants_apply
+SELECT ledger.grants_apply();
+
+-- name: role_exists
+SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %(name)s) AS present;

@@ -1,5 +1,46 @@
--- Upgrade a version-3 ledger to version 4. Table changes of this version
--- follow below (none yet); the functions are re-created by `ledger migrate`
--- from schema.sql's `functions` section. In this version the default retry
--- policy moved to ledger/retry_policy.py (ledger.backoff is gone: job_fail's
--- NULL retry_at means now), and the lease has no default in SQL.
+-- Upgrade a version-3 ledger to version 4. `ledger migrate` has dropped every
+-- ledger function, view and trigger before this runs, and re-creates them
+-- from schema.sql's `functions` section after it (which also re-applies the
+-- privileges); this script changes only the tables.
+--
+-- Version 4: each event carries a hash chaining it to its job's previous
+-- event (events.hash) and each job the hash of its latest (jobs.head);
+-- ledger.roles records the application and read-only roles. The retry
+-- policy moved to Python (ledger.backoff is gone) and the lease has no SQL
+-- default.
+
+ALTER TABLE ledger.events ADD COLUMN hash bytea;
+ALTER TABLE ledger.jobs ADD COLUMN head bytea;
+
+-- Chain the history written before version 4, one version at a time (each
+-- hash needs the one before it). The expression is version 4's
+-- ledger.event_hash, frozen here because the functions are gone while this
+-- runs; tests/test_retention.py upgrades a version-1 ledger and checks that
+-- `ledger verify` finds the result clean, which keeps the two equal.
+DO $$
+DECLARE
+    v int := 1;
+    top int := (SELECT coalesce(max(version), 0) FROM ledger.events);
+BEGIN
+    WHILE v <= top LOOP
+        UPDATE ledger.events e
+        SET hash = sha256(coalesce(p.hash, ''::bytea) || int8send(e.job_id) || int4send(e.version)
+                          || timestamptz_send(e.at)
+                          || textsend(e.type::text || E'\x1f' || e.data::text || E'\x1f' || e.metadata::text))
+        FROM ledger.events e2
+        LEFT JOIN ledger.events p ON p.job_id = e2.job_id AND p.version = e2.version - 1
+        WHERE e2.job_id = e.job_id AND e2.version = e.version AND e.version = v;
+        v := v + 1;
+    END LOOP;
+END $$;
+
+UPDATE ledger.jobs j SET head = e.hash
+FROM ledger.events e WHERE e.job_id = j.id AND e.version = j.version;
+
+ALTER TABLE ledger.events ALTER COLUMN hash SET NOT NULL;
+ALTER TABLE ledger.jobs ALTER COLUMN head SET NOT NULL;
+
+CREATE TABLE ledger.roles (
+    name    text PRIMARY KEY,
+    access  text NOT NULL CHECK (access IN ('app', 'readonly'))
+);
