@@ -127,3 +127,25 @@ SELECT set_config('lock_timeout', %(timeout)s, true);
 
 -- name: database_exists
 SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %(name)s) AS present;
+
+-- ---- web sessions (issue 13)
+-- The dashboard's sessions and the throttle in front of the API token; see
+-- the `web sessions` blocks of schema.sql. Hashes and addresses only.
+
+-- name: web_session_start
+SELECT ledger.web_session_start(hash => %(hash)s, ttl => %(ttl)s) AS expires_at;
+
+-- name: web_session_check
+SELECT ledger.web_session_check(hash => %(hash)s) AS expires_at;
+
+-- name: web_session_end
+SELECT ledger.web_session_end(hash => %(hash)s) AS ended;
+
+-- name: web_auth_wait
+SELECT ledger.web_auth_wait(who => %(who)s, max_failures => %(max_failures)s) AS wait;
+
+-- name: web_auth_fail
+SELECT ledger.web_auth_fail(who => %(who)s, max_failures => %(max_failures)s, per => %(per)s) AS wait;
+
+-- name: web_auth_forgive
+SELECT ledger.web_auth_forgive(who => %(who)s);
