@@ -92,7 +92,7 @@ def test_with_a_token_set_every_page_and_api_read_needs_it(pool: ConnectionPool[
         if path.startswith(("/api", "/openapi", "/healthz", "/metrics", "/debug")):
             assert anonymous.status_code == 401, path
             assert anonymous.headers["www-authenticate"] == "Bearer", path
-            assert "job" not in anonymous.text.replace("\n", " ").lower().replace("authentication", ""), path
+            assert anonymous.json == {"title": "authentication required", "description": anonymous.json["description"]}
             assert c.simulate_get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401, path
             assert c.simulate_get(path, headers=BEARER).status_code == 200, path
         else:
