@@ -196,6 +196,39 @@ CREATE TABLE ledger.roles (
     access  text NOT NULL CHECK (access IN ('app', 'readonly'))
 );
 
+-- ---------------------------------------------------------------- web sessions
+-- The web app's own state, shared by all its processes: who is signed in to
+-- the dashboard, and who keeps guessing the API token. Both are here rather
+-- than in a process's memory because gunicorn runs several processes (and a
+-- deployment may run several hosts): a session started in one must open the
+-- next request's process, and failures counted in one must count in all.
+
+-- Dashboard sessions. The cookie holds a random id (32 bytes from
+-- `secrets`); only its SHA-256 is stored, so a copy of this table cannot be
+-- replayed as cookies, and nothing here or in the cookie is derived from the
+-- API token. A session ends at expires_at (LEDGER_SESSION_TTL after the
+-- sign-in) or at sign-out, whichever comes first.
+CREATE TABLE ledger.web_sessions (
+    id_hash     bytea PRIMARY KEY CHECK (octet_length(id_hash) = 32),
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL
+);
+-- Expired sessions are found and removed by age.
+CREATE INDEX web_sessions_expires_idx ON ledger.web_sessions (expires_at);
+
+-- Failed attempts at the API token (sign-in form or bearer header), per
+-- client address, in a fixed window that opens at the client's first
+-- failure and closes at window_end. A client with LEDGER_AUTH_MAX_FAILURES
+-- failures in its window waits until window_end before any token it sends is
+-- compared again.
+CREATE TABLE ledger.web_auth_failures (
+    client      text PRIMARY KEY,
+    failures    int NOT NULL CHECK (failures >= 1),
+    window_end  timestamptz NOT NULL
+);
+-- Rows of closed windows are found and removed by age.
+CREATE INDEX web_auth_failures_window_idx ON ledger.web_auth_failures (window_end);
+
 -- ---------------------------------------------------------------- indexes
 
 -- The claim: claimable rows of a queue in the order they are taken.
@@ -993,7 +1026,11 @@ DECLARE
     api text[] := ARRAY['job_enqueue_many', 'job_enqueue', 'job_claim', 'job_succeed', 'job_succeed_many',
                         'job_fail', 'job_cancel', 'job_snooze', 'job_replay', 'job_rescue', 'periodic_enqueue',
                         'worker_heartbeat', 'worker_stop', 'events_prune_partition'];
-    reads text[] := ARRAY['job_counts', 'projections_diff', 'metrics_refresh', 'events_appended', 'events_verify'];
+    -- Reads, and the web app's own state (sessions, the sign-in throttle), which a
+    -- dashboard served by the read-only role needs too; neither touches a job.
+    reads text[] := ARRAY['job_counts', 'projections_diff', 'metrics_refresh', 'events_appended', 'events_verify',
+                          'web_session_start', 'web_session_check', 'web_session_end',
+                          'web_auth_wait', 'web_auth_fail', 'web_auth_forgive'];
     views text[] := ARRAY['read_jobs', 'read_events', 'read_discarded', 'read_metrics', 'read_partitions',
                           'read_schema_versions'];
     r ledger.roles;
@@ -1026,6 +1063,81 @@ BEGIN
         USING ERRCODE = 'LG005',
               HINT = 'change a job through the ledger.job_* functions, which append events';
 END $$;
+
+-- ---------------------------------------------------------------- web sessions
+-- The web app calls these through its store (web/sessions.py, web/throttle.py);
+-- every argument is a hash or an address, never the API token itself.
+
+-- Start a dashboard session whose cookie hashes to `hash`, live for `ttl`;
+-- returns when it expires. Then removes up to 100 expired sessions,
+-- skipping rows another transaction holds, so the table holds little more
+-- than the live sessions and the sweep never waits on a lock.
+CREATE FUNCTION ledger.web_session_start(hash bytea, ttl interval)
+RETURNS timestamptz LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO ledger.web_sessions (id_hash, expires_at) VALUES (hash, now() + ttl);
+    DELETE FROM ledger.web_sessions
+    WHERE id_hash IN (SELECT s.id_hash FROM ledger.web_sessions s WHERE s.expires_at <= now()
+                      ORDER BY s.expires_at LIMIT 100 FOR UPDATE SKIP LOCKED);
+    SELECT s.expires_at FROM ledger.web_sessions s WHERE s.id_hash = hash;
+$$;
+
+-- When the session whose cookie hashes to `hash` expires; NULL when there is
+-- no such session, or it has expired or ended: a NULL opens nothing.
+CREATE FUNCTION ledger.web_session_check(hash bytea)
+RETURNS timestamptz LANGUAGE sql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT s.expires_at FROM ledger.web_sessions s WHERE s.id_hash = hash AND s.expires_at > now();
+$$;
+
+-- End the session whose cookie hashes to `hash` (sign-out): from this
+-- commit the cookie opens nothing, wherever a copy of it went. True when a
+-- live session was ended.
+CREATE FUNCTION ledger.web_session_end(hash bytea)
+RETURNS boolean LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH ended AS (DELETE FROM ledger.web_sessions s WHERE s.id_hash = hash RETURNING s.expires_at)
+    SELECT coalesce(bool_or(ended.expires_at > now()), false) FROM ended;
+$$;
+
+-- How long `who` must wait before a token it sends is compared again: NULL
+-- when it may try now (fewer than max_failures failures in its open window).
+CREATE FUNCTION ledger.web_auth_wait(who text, max_failures int)
+RETURNS interval LANGUAGE sql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT f.window_end - now() FROM ledger.web_auth_failures f
+    WHERE f.client = who AND f.failures >= max_failures AND f.window_end > now();
+$$;
+
+-- Count one failed attempt of `who` in its window (a new window of length
+-- `per` when none is open) and return the wait now in force, as
+-- web_auth_wait would. One upsert: failures counted by any process, at the
+-- same moment, all count. Then removes up to 100 rows of closed windows,
+-- skipping locked ones, so the table holds about the clients of the open
+-- windows. The sweep comes after the upsert, the one statement that may
+-- wait on a row lock, and never waits itself: two calls cannot deadlock.
+CREATE FUNCTION ledger.web_auth_fail(who text, max_failures int, per interval)
+RETURNS interval LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO ledger.web_auth_failures AS f (client, failures, window_end)
+    VALUES (who, 1, now() + per)
+    ON CONFLICT (client) DO UPDATE SET
+        failures = CASE WHEN f.window_end <= now() THEN 1 ELSE f.failures + 1 END,
+        window_end = CASE WHEN f.window_end <= now() THEN now() + per ELSE f.window_end END;
+    DELETE FROM ledger.web_auth_failures
+    WHERE client IN (SELECT f.client FROM ledger.web_auth_failures f
+                     WHERE f.window_end <= now() AND f.client <> who
+                     ORDER BY f.window_end LIMIT 100 FOR UPDATE SKIP LOCKED);
+    SELECT CASE WHEN f.failures >= max_failures THEN f.window_end - now() END
+    FROM ledger.web_auth_failures f WHERE f.client = who;
+$$;
+
+-- Forget the failures of `who` (it has just signed in with the right token).
+CREATE FUNCTION ledger.web_auth_forgive(who text)
+RETURNS void LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM ledger.web_auth_failures f WHERE f.client = who;
+$$;
 
 -- ---------------------------------------------------------------- partitions and retention
 

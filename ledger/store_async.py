@@ -360,3 +360,38 @@ class AsyncStore:
         # workers: a UniqueViolation on pg_database); either way it exists after.
         with contextlib.suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
             await self.conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    # ---- web sessions
+    # The web app's sessions and sign-in throttle: web/sessions.py and
+    # web/throttle.py. Only a session id's hash and a client's address travel.
+
+    async def web_session_start(self, id_hash: bytes, ttl: timedelta) -> datetime:
+        """Store a new dashboard session under the hash of its cookie; when it expires."""
+        expires: datetime = (await self._one("web_session_start", {"hash": id_hash, "ttl": ttl}))["expires_at"]
+        return expires
+
+    async def web_session_check(self, id_hash: bytes) -> datetime | None:
+        """When the session with this hash expires; None when it is unknown, expired or ended."""
+        expires: datetime | None = (await self._one("web_session_check", {"hash": id_hash}))["expires_at"]
+        return expires
+
+    async def web_session_end(self, id_hash: bytes) -> bool:
+        """End the session with this hash (sign-out); True when a live one was ended."""
+        ended: bool = (await self._one("web_session_end", {"hash": id_hash}))["ended"]
+        return ended
+
+    async def web_auth_wait(self, client: str, max_failures: int) -> timedelta | None:
+        """How long `client` must wait before its next token is compared; None when it may try now."""
+        params = {"who": client, "max_failures": max_failures}
+        wait: timedelta | None = (await self._one("web_auth_wait", params))["wait"]
+        return wait
+
+    async def web_auth_fail(self, client: str, max_failures: int, per: timedelta) -> timedelta | None:
+        """Count a failed token from `client` in its window of `per`; the wait now in force, if any."""
+        params = {"who": client, "max_failures": max_failures, "per": per}
+        wait: timedelta | None = (await self._one("web_auth_fail", params))["wait"]
+        return wait
+
+    async def web_auth_forgive(self, client: str) -> None:
+        """Forget `client`'s failed tokens (it has just signed in)."""
+        await self._rows("web_auth_forgive", {"who": client})

@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,10 +46,7 @@ def test_curl_enqueue_test_on_gunicorn_is_picked_up_by_a_worker_at_once(
 
 
 def test_the_dashboard_in_a_real_browser_replays_a_failed_job(web: Gunicorn, db_url: str, store: Store) -> None:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's chromium (see .ci/run)")
-        pytest.skip("Debian's chromium is not installed: apt-get install chromium")
+    _need_chromium()
     job = store.enqueue_many([("heartbeat", {}, "default", 5, 1, None)])[0]
     store.claim("default", 1, "browser-test")
     store.fail(job, "ConnectionError: upstream refused", metadata={"worker": "browser-test", "duration_ms": 41.0})
@@ -61,13 +59,74 @@ def test_the_dashboard_in_a_real_browser_replays_a_failed_job(web: Gunicorn, db_
         worker.kill()
 
 
+def _need_chromium() -> None:
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's chromium (see .ci/run)")
+        pytest.skip("Debian's chromium is not installed: apt-get install chromium")
+
+
+def _launch(p: Any) -> Any:
+    return p.chromium.launch(
+        executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    )
+
+
+TOKEN = "e2e-token-3f9a"
+
+
+def test_signing_in_and_out_in_a_real_browser(db_url: str, store: Store) -> None:
+    _need_chromium()
+    job = store.enqueue_many([("heartbeat", {}, "default", 5, 1, None)])[0]
+    store.claim("default", 1, "browser-test")
+    store.fail(job, "ConnectionError: upstream refused", metadata={"worker": "browser-test"})
+    web = Gunicorn(db_url, {"LEDGER_API_TOKEN": TOKEN})
+    try:
+        _sign_in_and_out(web, job)
+    finally:
+        web.stop()
+
+
+def _sign_in_and_out(web: Gunicorn, job: int) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = _launch(p)
+        context = browser.new_context()
+        page = context.new_page()
+        # A page of the dashboard sends a stranger to the sign-in, and brings them back after it.
+        page.goto(f"{web.base}/failed")
+        expect(page).to_have_url(re.compile(r"/login\?next=%2Ffailed$"))
+        page.get_by_label("API token").fill("not-the-token")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator(".flash.bad")).to_have_text("That token is not right.")
+        page.get_by_label("API token").fill(TOKEN)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page).to_have_url(f"{web.base}/failed")
+        expect(page.locator(f"#job-{job}")).to_contain_text("ConnectionError: upstream refused")
+        [cookie] = [c for c in context.cookies() if c["name"] == "ledger_session"]
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and TOKEN not in cookie["value"]
+
+        page.get_by_role("button", name="Sign out").click()
+        expect(page).to_have_url(f"{web.base}/login?notice=signed+out")
+        expect(page.locator(".flash.ok")).to_have_text("signed out")
+        assert not [c for c in context.cookies() if c["name"] == "ledger_session"]
+        page.goto(f"{web.base}/failed")
+        expect(page).to_have_url(re.compile(r"/login\?next="))
+
+        # The cookie from before the sign-out, put back by hand, opens nothing: the session ended on the server.
+        context.add_cookies([{"name": "ledger_session", "value": cookie["value"], "url": web.base}])
+        page.goto(f"{web.base}/failed")
+        expect(page).to_have_url(re.compile(r"/login\?next="))
+        expect(page.get_by_role("button", name="Sign out")).to_have_count(0)
+        browser.close()
+
+
 def _replay_in_browser(web: Gunicorn, job: int) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
+        browser = _launch(p)
         page = browser.new_page()
         page.goto(f"{web.base}/failed")
         row = page.locator(f"#job-{job}")

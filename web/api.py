@@ -16,9 +16,21 @@ from ledger.states import JobState
 
 from .stores import store
 
-__all__ = ["ActionBody", "CountsResource", "JobActionResource", "JobResource", "JobsResource", "list_params"]
+__all__ = [
+    "JOB_ID",
+    "ActionBody",
+    "CountsResource",
+    "JobActionResource",
+    "JobResource",
+    "JobsResource",
+    "action_body",
+    "list_params",
+    "text_param",
+]
 
 MAX_PAGE = 500
+# A job id in a route: an id beyond bigint matches no route (404) instead of reaching the database.
+JOB_ID = "{job_id:int(min=1, max=9223372036854775807)}"
 
 
 def _int_param(req: falcon.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
@@ -64,6 +76,13 @@ class _Base:
 
 
 def _body(req: falcon.Request) -> dict[str, Any]:
+    # JSON only: a form or multipart body is what a cross-site <form> can send without
+    # a CORS preflight, and falcon would parse either into a dict as if it were JSON.
+    media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
+    if media_type and media_type != falcon.MEDIA_JSON:
+        raise falcon.HTTPUnsupportedMediaType(
+            title="body is not JSON", description=f"send the body as {falcon.MEDIA_JSON}, not {media_type[:100]}"
+        )
     media = req.get_media(default_when_empty={})
     if not isinstance(media, dict):
         raise InvalidArguments("the body must be a JSON object", ["(body)"])
@@ -111,6 +130,16 @@ class ActionBody(BaseModel):
     by: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
 
 
+def action_body(data: Any) -> ActionBody:
+    """A replay or cancel body (the API's, or a dashboard form's reason), validated; refusals name the field."""
+    try:
+        body = ActionBody.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidArguments(f"invalid body: {format_validation_error(exc)}", error_fields(exc)) from None
+    check_json(body.model_dump(), "(body)")
+    return body
+
+
 class JobActionResource(_Base):
     """POST /api/jobs/{id}/replay and /cancel with an optional {"reason": "..."}; 409 when illegal."""
 
@@ -119,11 +148,7 @@ class JobActionResource(_Base):
         self.action = action
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: int) -> None:
-        try:
-            body = ActionBody.model_validate(_body(req))
-        except ValidationError as exc:
-            raise InvalidArguments(f"invalid body: {format_validation_error(exc)}", error_fields(exc)) from None
-        check_json(body.model_dump(), "(body)")
+        body = action_body(_body(req))
         reason, actor = body.reason, body.by or "api"
         with store(self.pool) as s:
             if self.action == "replay":

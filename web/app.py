@@ -18,12 +18,16 @@ from ledger.migrate import migrate
 from ledger.settings import Settings, get_settings
 
 from . import errors
-from .api import CountsResource, JobActionResource, JobResource, JobsResource
+from .api import JOB_ID, CountsResource, JobActionResource, JobResource, JobsResource
+from .auth import Access
 from .dashboard import Dashboard
 from .openapi import document
 from .ops import EnqueueTestResource, HealthResource, MetricsResource
-from .security import BodyLimit, DashboardAuth, SecurityHeaders
+from .security import BodyLimit, SameOrigin, SecurityHeaders
+from .sessions import Sessions
 from .settings import WebSettings
+from .signin import Login, Logout
+from .throttle import Throttle
 
 __all__ = ["create_app"]
 
@@ -32,7 +36,7 @@ STATIC = Path(__file__).with_name("static")
 
 
 class OpenAPIResource:
-    area = "public"
+    area = "api"  # it names every kind and its arguments: as private as the API
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
@@ -59,7 +63,7 @@ def create_app(
     settings = settings or get_settings()
     web = web or WebSettings()
     if settings.production and not web.api_token:
-        raise ConfigError("LEDGER_API_TOKEN is required in production (it protects API writes and the dashboard)")
+        raise ConfigError("LEDGER_API_TOKEN is required in production (it protects the API and the dashboard)")
     debug_routes = web.debug_routes if web.debug_routes is not None else not settings.production
     if pool is None:
         url = database_url(settings)
@@ -77,7 +81,14 @@ def create_app(
             name="ledger-web",
         )
 
-    middleware: list[Any] = [SecurityHeaders(), BodyLimit(web.max_body), DashboardAuth(web.api_token)]
+    sessions = Sessions(pool, web.session_ttl)
+    throttle = Throttle(pool, web.auth_max_failures, web.auth_window)
+    middleware: list[Any] = [
+        SecurityHeaders(),
+        BodyLimit(web.max_body),
+        SameOrigin(),
+        Access(web.api_token, sessions, throttle, public_ops=web.public_ops),
+    ]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     # A body nested too deeply for the parser is malformed JSON (400), not a server error.
@@ -90,14 +101,12 @@ def create_app(
     if debug_routes:
         app.add_route("/debug/enqueue-test", EnqueueTestResource(pool, registry))
     app.add_route("/api/jobs", JobsResource(pool, registry))
-    app.add_route("/api/jobs/{job_id:int(min=1, max=9223372036854775807)}", JobResource(pool, registry))
-    app.add_route(
-        "/api/jobs/{job_id:int(min=1, max=9223372036854775807)}/replay", JobActionResource(pool, registry, "replay")
-    )
-    app.add_route(
-        "/api/jobs/{job_id:int(min=1, max=9223372036854775807)}/cancel", JobActionResource(pool, registry, "cancel")
-    )
+    app.add_route(f"/api/jobs/{JOB_ID}", JobResource(pool, registry))
+    app.add_route(f"/api/jobs/{JOB_ID}/replay", JobActionResource(pool, registry, "replay"))
+    app.add_route(f"/api/jobs/{JOB_ID}/cancel", JobActionResource(pool, registry, "cancel"))
     app.add_route("/api/counts", CountsResource(pool, registry))
-    Dashboard(pool, web.api_token).install(app)
+    Dashboard(pool).install(app)
+    app.add_route("/login", Login(web.api_token, sessions, throttle))
+    app.add_route("/logout", Logout(sessions))
     app.add_static_route("/static", str(STATIC))
     return app

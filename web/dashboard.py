@@ -2,54 +2,28 @@
 
 from __future__ import annotations
 
-import hmac
-import json
 from collections import defaultdict
 from typing import Any
 from urllib.parse import urlencode
 
 import falcon
-from jinja2 import Environment, PackageLoader, select_autoescape
 from psycopg_pool import ConnectionPool
 
 from ledger.errors import LedgerError
 from ledger.states import JobState
 
-from .api import list_params, text_param
-from .security import SESSION_COOKIE, csrf_token, session_value
+from .api import JOB_ID, action_body, list_params, text_param
+from .forms import local_path, read_form
+from .pages import Page
 from .stores import store
 from .timeline import timeline
 
 __all__ = ["Dashboard"]
 
-env = Environment(loader=PackageLoader("ledger.web", "templates"), autoescape=select_autoescape(default=True))
-env.filters["ms"] = lambda v: "" if v is None else (f"{v:.0f} ms" if v < 10_000 else f"{v / 1000:.1f} s")
-env.filters["when"] = lambda d: "" if d is None else d.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-env.filters["jsonpretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
 
-
-def _safe_next(value: Any, fallback: str) -> str:
-    """Only same-site relative paths may be redirected to."""
-    return value if isinstance(value, str) and value.startswith("/") and not value.startswith("//") else fallback
-
-
-class _Page:
-    area = "dashboard"
-
-    def __init__(self, pool: ConnectionPool[Any], token: str | None) -> None:
+class _Page(Page):
+    def __init__(self, pool: ConnectionPool[Any]) -> None:
         self.pool = pool
-        self.token = token
-
-    def render(self, req: falcon.Request, resp: falcon.Response, template: str, **ctx: Any) -> None:
-        resp.content_type = falcon.MEDIA_HTML
-        resp.text = env.get_template(template).render(
-            csrf=csrf_token(req, resp),
-            logged_in=bool(self.token),
-            notice=req.get_param("notice"),
-            error=req.get_param("error"),
-            path=req.path,
-            **ctx,
-        )
 
 
 class Overview(_Page):
@@ -105,15 +79,16 @@ class JobPage(_Page):
 class JobAction(_Page):
     """POST /jobs/{id}/replay|cancel from a form; redirects back with a notice or the refusal."""
 
-    def __init__(self, pool: ConnectionPool[Any], token: str | None, action: str) -> None:
-        super().__init__(pool, token)
+    def __init__(self, pool: ConnectionPool[Any], action: str) -> None:
+        super().__init__(pool)
         self.action = action
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: int) -> None:
-        form = req.get_media()
-        reason = str(form.get("reason") or "")[:1000] or None
-        back = _safe_next(form.get("next"), f"/jobs/{job_id}")
+        form = read_form(req)
+        back = local_path(form.get("next"), f"/jobs/{job_id}")
         try:
+            # The API's rules for the reason (length, no NUL), stated once in api.ActionBody.
+            reason = action_body({"reason": form.get("reason") or None}).reason
             with store(self.pool) as s:
                 if self.action == "replay":
                     s.replay(job_id, actor="dashboard", reason=reason, metadata={"via": "dashboard"})
@@ -126,37 +101,17 @@ class JobAction(_Page):
         raise falcon.HTTPSeeOther(back + sep + urlencode(message))
 
 
-class Login(_Page):
-    area = "public"
-
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self.render(req, resp, "login.html", next=_safe_next(req.get_param("next"), "/"), failed=False)
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        form = req.get_media()
-        given = str(form.get("token", ""))
-        target = _safe_next(form.get("next"), "/")
-        csrf_ok = hmac.compare_digest(str(form.get("csrf", "")).encode(), req.cookies.get("ledger_csrf", "").encode())
-        if self.token and csrf_ok and hmac.compare_digest(given.encode(), self.token.encode()):
-            resp.set_cookie(SESSION_COOKIE, session_value(self.token), secure=req.scheme == "https",
-                            http_only=True, same_site="Strict", path="/")  # fmt: skip
-            raise falcon.HTTPSeeOther(target)
-        resp.status = falcon.HTTP_401
-        self.render(req, resp, "login.html", next=target, failed=True)
-
-
 class Dashboard:
-    """Adds the dashboard's routes to an app."""
+    """Adds the dashboard's routes to an app (sign-in and sign-out are web/signin.py's)."""
 
-    def __init__(self, pool: ConnectionPool[Any], token: str | None) -> None:
+    def __init__(self, pool: ConnectionPool[Any]) -> None:
         self.pool = pool
-        self.token = token
 
     def install(self, app: falcon.App[Any, Any]) -> None:
-        app.add_route("/", Overview(self.pool, self.token))
-        app.add_route("/jobs", Jobs(self.pool, self.token))
-        app.add_route("/failed", Failed(self.pool, self.token))
-        app.add_route("/jobs/{job_id:int}", JobPage(self.pool, self.token))
-        app.add_route("/jobs/{job_id:int}/replay", JobAction(self.pool, self.token, "replay"))
-        app.add_route("/jobs/{job_id:int}/cancel", JobAction(self.pool, self.token, "cancel"))
-        app.add_route("/login", Login(self.pool, self.token))
+        app.add_route("/", Overview(self.pool))
+        app.add_route("/jobs", Jobs(self.pool))
+        app.add_route("/failed", Failed(self.pool))
+        # Ids beyond bigint match no route (404) rather than reach the database.
+        app.add_route(f"/jobs/{JOB_ID}", JobPage(self.pool))
+        app.add_route(f"/jobs/{JOB_ID}/replay", JobAction(self.pool, "replay"))
+        app.add_route(f"/jobs/{JOB_ID}/cancel", JobAction(self.pool, "cancel"))

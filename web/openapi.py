@@ -36,12 +36,14 @@ def _resp(description: str, schema: dict[str, Any] | None = None, media: str = "
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "malformed request (bad JSON, not an object)",
-        401: "API token missing or wrong",
+        401: "API token missing, wrong, or not sent as `Authorization: Bearer` (when the server has one)",
+        403: "a browser request from a page of another origin (`Origin`, `Sec-Fetch-Site`)",
         404: "no such job",
         409: "the job's state does not allow this",
         413: "body too large",
         415: "body is not JSON",
         422: "a field is invalid; `fields` names it",
+        429: "too many wrong API tokens from this address; `Retry-After` says when to try again",
         503: "database unavailable",
     }
     return {str(c): _resp(text[c], _ERROR) for c in codes}
@@ -94,19 +96,27 @@ def document(registry: Registry) -> dict[str, Any]:
     reason_body = {"required": False, "content": {"application/json": {"schema": action}}}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "ledger", "version": "1", "description": "Jobs as an append-only history."},
+        "info": {"title": "ledger", "version": "1", "description": (
+            "Jobs as an append-only history. When the server has an API token (LEDGER_API_TOKEN), every "
+            "operation needs it as `Authorization: Bearer <token>`; /healthz and /metrics too, unless "
+            "LEDGER_PUBLIC_OPS is on. Without one (development) nothing does.")},
+        # Optional ({}): a development server has no token and asks for none.
+        "security": [{"bearer": []}, {}],
         "paths": {
-            "/healthz": {"get": {"summary": "Database health", "responses": {
+            "/healthz": {"get": {"summary": "Database health (public with LEDGER_PUBLIC_OPS)", "responses": {
                 "200": _resp("database answers", {"type": "object"}),
+                **_errors(401, 429),
                 "503": _resp("database does not answer", {"type": "object"}),
             }}},
             "/debug/enqueue-test": {"get": {"summary": "Enqueue a heartbeat job", "responses": {
                 "200": _resp("enqueued", {"type": "string"}, "text/plain"),
+                **_errors(401, 429),
                 "404": _resp("debug routes off (production)"),
                 "500": _resp("enqueue failed: <reason>", {"type": "string"}, "text/plain"),
             }}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+            "/metrics": {"get": {"summary": "Prometheus metrics (public with LEDGER_PUBLIC_OPS)", "responses": {
                 "200": _resp("text exposition format", {"type": "string"}, "text/plain"),
+                **_errors(401, 429, 503),
             }}},
             "/api/jobs": {
                 "get": {
@@ -125,7 +135,7 @@ def document(registry: Registry) -> dict[str, Any]:
                             "properties": {"jobs": {"type": "array", "items": job_ref},
                                            "next_before": {"type": ["integer", "null"]}},
                         }),
-                        **_errors(422, 503),
+                        **_errors(401, 422, 429, 503),
                     },
                 },
                 "post": {
@@ -135,7 +145,7 @@ def document(registry: Registry) -> dict[str, Any]:
                     "responses": {
                         "201": _resp("enqueued", {"type": "object", "required": ["id"],
                                                   "properties": {"id": {"type": "integer"}}}),
-                        **_errors(400, 401, 413, 415, 422, 503),
+                        **_errors(400, 401, 403, 413, 415, 422, 429, 503),
                     },
                 },
             },
@@ -145,28 +155,28 @@ def document(registry: Registry) -> dict[str, Any]:
                 "responses": {
                     "200": _resp("the job", {"type": "object", "required": ["job", "events"], "properties": {
                         "job": job_ref, "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}}}),
-                    **_errors(404, 503),
+                    **_errors(401, 404, 429, 503),
                 },
             }},
             "/api/jobs/{job_id}/replay": {"post": {
                 "summary": "Put a discarded or cancelled job back to work",
                 "parameters": [JOB_ID], "requestBody": reason_body,
                 "responses": {"200": _resp("replayed", {"type": "object", "properties": {"job": job_ref}}),
-                              **_errors(400, 401, 404, 409, 413, 415, 422, 503)},
+                              **_errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
             }},
             "/api/jobs/{job_id}/cancel": {"post": {
                 "summary": "Cancel a job that has not finished",
                 "parameters": [JOB_ID], "requestBody": reason_body,
                 "responses": {"200": _resp("cancelled", {"type": "object", "properties": {"job": job_ref}}),
-                              **_errors(400, 401, 404, 409, 413, 415, 422, 503)},
+                              **_errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
             }},
             "/api/counts": {"get": {"summary": "Jobs by state and queue", "responses": {
                 "200": _resp("counts", {"type": "object", "required": ["counts"], "properties": {
                     "counts": {"type": "array", "items": {"$ref": REF.format(model="JobCount")}}}}),
-                **_errors(503),
+                **_errors(401, 429, 503),
             }}},
         },
-        "components": {"schemas": {
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": {
             "Error": {"type": "object", "required": ["title"], "properties": {
                 "title": {"type": "string"}, "description": {"type": "string"},
                 "fields": {"type": "array", "items": {"type": "string"}}}},

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class HealthResource:
-    area = "public"
+    area = "ops"
 
     def __init__(self, pool: ConnectionPool[Any]) -> None:
         self.pool = pool
@@ -70,7 +70,7 @@ def _label(value: str) -> str:
 class MetricsResource:
     """Prometheus text format. Cheap with millions of jobs: see job_counts() and metrics_refresh()."""
 
-    area = "public"
+    area = "ops"
 
     def __init__(self, pool: ConnectionPool[Any]) -> None:
         self.pool = pool

@@ -1,23 +1,20 @@
-"""Middleware: security headers, body size, the API's bearer token, the dashboard's login and CSRF."""
+"""Middleware: security headers, body size, same-origin writes, and the dashboard forms' CSRF token."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
 import falcon
 
-__all__ = ["BodyLimit", "DashboardAuth", "SecurityHeaders", "csrf_token", "session_value"]
+from .forms import read_form
 
-SESSION_COOKIE = "ledger_session"
+__all__ = ["CSRF_COOKIE", "BodyLimit", "SameOrigin", "SecurityHeaders", "check_csrf", "csrf_token"]
+
 CSRF_COOKIE = "ledger_csrf"
-
-
-def session_value(token: str) -> str:
-    """What the login cookie holds: a MAC of the token, never the token itself."""
-    return hmac.new(token.encode(), b"ledger-dashboard-session", hashlib.sha256).hexdigest()
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def csrf_token(req: falcon.Request, resp: falcon.Response) -> str:
@@ -27,6 +24,14 @@ def csrf_token(req: falcon.Request, resp: falcon.Response) -> str:
         token = secrets.token_hex(16)
         resp.set_cookie(CSRF_COOKIE, token, secure=req.scheme == "https", http_only=True, same_site="Strict", path="/")
     return token
+
+
+def check_csrf(req: falcon.Request) -> None:
+    """403 unless the form's `csrf` field equals the CSRF cookie."""
+    sent = read_form(req).get("csrf", "")
+    expected = req.cookies.get(CSRF_COOKIE, "")
+    if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+        raise falcon.HTTPForbidden(title="CSRF check failed", description="reload the page and submit the form again")
 
 
 class SecurityHeaders:
@@ -56,40 +61,36 @@ class BodyLimit:
             )
 
 
-class DashboardAuth:
-    """With a token set: API writes need `Authorization: Bearer`, dashboard pages a login cookie.
+class SameOrigin:
+    """403 for a state-changing request that a browser sent from a page of another origin.
 
-    Every dashboard form POST must carry the CSRF cookie's value, token or not.
+    Browsers say where a request comes from: `Origin` on every POST, and
+    `Sec-Fetch-Site` on every request (current Chrome, Firefox, Safari); a
+    page cannot forge either. The origin's host must be the one the request
+    was sent to (`Host`, or the first proxy's forwarded host). A request with
+    neither header is not from a browser page (curl, API clients, scripts)
+    and passes; with a token set it still needs the token. This is what keeps
+    a cross-site form from enqueueing through /api/jobs in development, where
+    there is no token, and from signing a browser in or out (login CSRF).
     """
 
-    def __init__(self, token: str | None) -> None:
-        self.token = token
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if req.method in SAFE_METHODS:
+            return
+        origin = req.get_header("Origin")
+        if origin is not None:
+            own = {req.netloc.lower(), req.forwarded_host.lower()}
+            sent = urlsplit(origin.strip()).netloc.lower() if origin.strip() != "null" else ""
+            if sent not in own:
+                raise self._refusal(f"Origin {origin[:100]!r} is not this site")
+        else:
+            site = (req.get_header("Sec-Fetch-Site") or "none").strip().lower()
+            if site not in ("same-origin", "none"):
+                raise self._refusal(f"Sec-Fetch-Site {site[:30]!r}: the request came from another site")
 
-    def _bearer_ok(self, req: falcon.Request) -> bool:
-        given = (req.get_header("Authorization") or "").removeprefix("Bearer ").strip()
-        return bool(self.token) and hmac.compare_digest(given.encode(), (self.token or "").encode())
-
-    def process_resource(
-        self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict[str, Any]
-    ) -> None:
-        area = getattr(resource, "area", "public")
-        if (area == "api" and req.method in ("POST", "PUT", "PATCH", "DELETE")) or area == "debug":
-            if self.token and not self._bearer_ok(req):
-                raise falcon.HTTPUnauthorized(
-                    title="authentication required",
-                    description="send the API token as 'Authorization: Bearer <LEDGER_API_TOKEN>'",
-                    challenges=["Bearer"],
-                )
-        elif area == "dashboard":
-            if self.token:
-                cookie = req.cookies.get(SESSION_COOKIE, "")
-                if not hmac.compare_digest(cookie.encode(), session_value(self.token).encode()):
-                    raise falcon.HTTPSeeOther(f"/login?next={falcon.uri.encode_value(req.relative_uri)}")
-            if req.method == "POST":
-                form = req.get_media()
-                sent = str(form.get("csrf", "")) if isinstance(form, dict) else ""
-                expected = req.cookies.get(CSRF_COOKIE, "")
-                if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
-                    raise falcon.HTTPForbidden(
-                        title="CSRF check failed", description="reload the page and submit the form again"
-                    )
+    @staticmethod
+    def _refusal(why: str) -> falcon.HTTPForbidden:
+        return falcon.HTTPForbidden(
+            title="cross-origin request refused",
+            description=f"{why}; changes are accepted from this site's own pages or from clients that send no Origin",
+        )

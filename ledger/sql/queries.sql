@@ -144,3 +144,25 @@ SELECT ledger.grants_apply();
 
 -- name: role_exists
 SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %(name)s) AS present;
+
+-- ---- web sessions
+-- The dashboard's sessions and the throttle in front of the API token; see
+-- the `web sessions` blocks of schema.sql. Hashes and addresses only.
+
+-- name: web_session_start
+SELECT ledger.web_session_start(hash => %(hash)s, ttl => %(ttl)s) AS expires_at;
+
+-- name: web_session_check
+SELECT ledger.web_session_check(hash => %(hash)s) AS expires_at;
+
+-- name: web_session_end
+SELECT ledger.web_session_end(hash => %(hash)s) AS ended;
+
+-- name: web_auth_wait
+SELECT ledger.web_auth_wait(who => %(who)s, max_failures => %(max_failures)s) AS wait;
+
+-- name: web_auth_fail
+SELECT ledger.web_auth_fail(who => %(who)s, max_failures => %(max_failures)s, per => %(per)s) AS wait;
+
+-- name: web_auth_forgive
+SELECT ledger.web_auth_forgive(who => %(who)s);

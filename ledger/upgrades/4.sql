@@ -44,3 +44,19 @@ CREATE TABLE ledger.roles (
     name    text PRIMARY KEY,
     access  text NOT NULL CHECK (access IN ('app', 'readonly'))
 );
+
+-- The web app's sessions and sign-in throttle (see schema.sql's
+-- `web sessions` block for what each table is for).
+CREATE TABLE ledger.web_sessions (
+    id_hash     bytea PRIMARY KEY CHECK (octet_length(id_hash) = 32),
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL
+);
+CREATE INDEX web_sessions_expires_idx ON ledger.web_sessions (expires_at);
+
+CREATE TABLE ledger.web_auth_failures (
+    client      text PRIMARY KEY,
+    failures    int NOT NULL CHECK (failures >= 1),
+    window_end  timestamptz NOT NULL
+);
+CREATE INDEX web_auth_failures_window_idx ON ledger.web_auth_failures (window_end);
