@@ -8,8 +8,13 @@ default:
     @just --list
 
 # Run the worker (applies the schema if needed). Extra args go to `ledger worker`.
+# `exec`: the worker replaces the recipe's shell, so the SIGTERM that just forwards reaches it
+# (with a shell between, the shell died and left the worker running). [continue]: after
+# Ctrl-C, a worker that stopped cleanly makes just exit 0. just ends with 143 after a SIGTERM
+# whatever the worker did (its documented rule, which [continue] does not lift for SIGTERM).
+[continue]
 worker *ARGS:
-    ledger worker {{ARGS}}
+    exec ledger worker {{ARGS}}
 
 # Run the whole test suite against a real PostgreSQL (DATABASE_URL, else embedded).
 test *ARGS:
@@ -30,8 +35,9 @@ db-stop:
     ledger db stop
 
 # Serve the web app under gunicorn on port 8000 (LEDGER_WEB_PORT to change).
+[continue]
 web *ARGS:
-    gunicorn -c python:ledger.web.gunicorn_conf {{ARGS}} ledger.web.wsgi:app
+    exec gunicorn -c python:ledger.web.gunicorn_conf {{ARGS}} ledger.web.wsgi:app
 
 # Workers SIGKILLed every 2 s, one PostgreSQL crash, an idle transaction: prints lost/stuck/duplicates.
 chaos *ARGS:

@@ -50,7 +50,8 @@ CREATE TYPE ledger.event_type AS ENUM (
     'cancelled',   -- scheduled/available/retryable/running -> cancelled
     'snoozed',     -- running -> scheduled at run_at; max_attempts + 1 so it costs no attempt
     'rescued',     -- running job of a vanished worker -> retryable now, or discarded if no budget
-    'replayed'     -- discarded/cancelled -> available with a fresh attempt budget
+    'replayed',    -- discarded/cancelled -> available with a fresh attempt budget
+    'stopped'      -- the body of a job cancelled while it ran has ended (cancelled -> cancelled): when, and how
 );
 
 -- ---------------------------------------------------------------- tables
@@ -156,7 +157,11 @@ CREATE TABLE ledger.workers (
     id            text PRIMARY KEY,
     started_at    timestamptz NOT NULL DEFAULT now(),
     heartbeat_at  timestamptz NOT NULL DEFAULT now(),
-    expires_at    timestamptz NOT NULL
+    expires_at    timestamptz NOT NULL,
+    -- What the worker serves, as of its last heartbeat: a job whose kind no
+    -- live worker of its queue can run stays available (ledger.kinds_unserved).
+    queues        text[],
+    kinds         text[]
 );
 
 -- Periodic jobs: when each is next due. A worker that wins the row's
@@ -282,6 +287,7 @@ DECLARE
         WHEN 'snoozed' THEN 'snoozed'
         WHEN 'rescued' THEN 'rescued'
         WHEN 'replayed' THEN 'replayed'
+        WHEN 'stopped' THEN 'marked stopped'
         ELSE etype::text END;
 BEGIN
     RAISE EXCEPTION 'job % is %; only % jobs can be %',
@@ -373,6 +379,8 @@ BEGIN
             j.state := 'discarded';
             j.finalized_at := e.at;
         END IF;
+    ELSIF e.type = 'stopped' THEN
+        IF j.state <> 'cancelled' THEN PERFORM ledger._refuse(j, e.type, '{cancelled}'); END IF;
     ELSIF e.type = 'replayed' THEN
         IF j.state NOT IN ('discarded', 'cancelled') THEN
             PERFORM ledger._refuse(j, e.type, '{discarded,cancelled}');
@@ -580,13 +588,31 @@ $$;
 -- Record that a worker is alive for `lease` more. Its running jobs are safe
 -- from rescue until expires_at. The lease has no default here: the caller's
 -- (ledger/defaults.py, the worker's --lease) is the one that counts.
-CREATE FUNCTION ledger.worker_heartbeat(worker text, lease interval)
+CREATE FUNCTION ledger.worker_heartbeat(worker text, lease interval, queues text[] DEFAULT NULL, kinds text[] DEFAULT NULL)
 RETURNS timestamptz LANGUAGE sql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    INSERT INTO ledger.workers AS w (id, heartbeat_at, expires_at)
-    VALUES (worker, now(), now() + lease)
-    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), expires_at = now() + lease
+    INSERT INTO ledger.workers AS w (id, heartbeat_at, expires_at, queues, kinds)
+    VALUES (worker, now(), now() + lease, queues, kinds)
+    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), expires_at = now() + lease,
+                                   queues = excluded.queues, kinds = excluded.kinds
     RETURNING expires_at
+$$;
+
+-- Available jobs that no live worker can run: (queue, kind, jobs, oldest
+-- run_at) where no worker whose lease holds serves the queue with a handler
+-- for the kind. They wait, untouched (the claim takes only kinds its worker
+-- runs), until such a worker starts; /metrics and `ledger stats` show them.
+CREATE FUNCTION ledger.kinds_unserved()
+RETURNS TABLE (queue text, kind text, jobs bigint, oldest timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT j.queue, j.kind, count(*), min(j.run_at)
+    FROM ledger.jobs j
+    WHERE j.state IN ('available', 'scheduled', 'retryable') AND j.run_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM ledger.workers w
+                      WHERE w.expires_at > now() AND j.queue = ANY (w.queues)
+                        AND (w.kinds IS NULL OR j.kind = ANY (w.kinds)))
+    GROUP BY j.queue, j.kind
+    ORDER BY j.queue, j.kind
 $$;
 
 -- A worker leaving: drop its heartbeat so whatever it abandoned is rescued
@@ -608,12 +634,16 @@ $$;
 -- jobs_claim_idx in claim order and stop after n rows, where `queue =
 -- ANY($1)` would read every claimable row and sort them (measured: 0.3 ms
 -- against 11 ms with 1,800 jobs waiting). plpgsql, so its plans are cached.
+-- `kinds` (NULL: any) are the kinds the worker has handlers for: a job of
+-- another kind is stepped over, untouched and available, rather than
+-- claimed and failed for want of code (ledger.kinds_unserved lists them).
 CREATE FUNCTION ledger.job_claim(
     queue text,
     n int,
     worker text,
     lease interval,
-    metadata jsonb DEFAULT '{}'
+    metadata jsonb DEFAULT '{}',
+    kinds text[] DEFAULT NULL
 ) RETURNS SETOF ledger.read_jobs LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -626,6 +656,7 @@ BEGIN
         FROM ledger.jobs j
         WHERE j.state IN ('available', 'scheduled', 'retryable')
           AND j.queue = job_claim.queue AND j.run_at <= now()
+          AND (job_claim.kinds IS NULL OR j.kind = ANY (job_claim.kinds))
         ORDER BY j.priority, j.run_at, j.id
         LIMIT n
         FOR UPDATE SKIP LOCKED
@@ -724,7 +755,11 @@ BEGIN
         metadata);
 END $$;
 
--- Stop a job that has not finished.
+-- Stop a job that has not finished. A running job's worker is told at
+-- once (NOTIFY on `ledger:cancel`, which no queue's channel can be, the
+-- payload the job id): it cancels an async body and flags a sync one, then
+-- records when and how the body stopped (ledger.job_stop). A worker that
+-- missed the notification finds the cancel at its next heartbeat.
 CREATE FUNCTION ledger.job_cancel(
     job_id bigint, reason text DEFAULT NULL, expected_version int DEFAULT NULL, metadata jsonb DEFAULT '{}'
 ) RETURNS ledger.jobs LANGUAGE plpgsql
@@ -732,7 +767,25 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     j ledger.jobs := ledger._job_for_update(job_id, expected_version);
 BEGIN
+    IF j.state = 'running' THEN
+        PERFORM pg_notify('ledger:cancel', j.id::text);
+    END IF;
     RETURN ledger._append(j, j.id, 'cancelled', jsonb_build_object('reason', reason), metadata);
+END $$;
+
+-- The body of a job cancelled while it ran has ended: `how` it ended
+-- (stopped on the cancel, or ran to its end anyway, succeeding or failing)
+-- goes in the event, beside the worker and the time; the job stays
+-- cancelled. expected_version is the cancel's (the claim's version + 1), so
+-- a late report after a replay is refused.
+CREATE FUNCTION ledger.job_stop(
+    job_id bigint, how text, expected_version int DEFAULT NULL, metadata jsonb DEFAULT '{}'
+) RETURNS ledger.jobs LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    j ledger.jobs := ledger._job_for_update(job_id, expected_version);
+BEGIN
+    RETURN ledger._append(j, j.id, 'stopped', jsonb_build_object('how', how, 'attempt', j.attempt), metadata);
 END $$;
 
 -- A running job asks to run again later without spending an attempt.
@@ -765,8 +818,11 @@ END $$;
 
 -- Return to work the running jobs whose worker's lease expired before
 -- `as_of` (or that have no heartbeat row at all). job_ids narrows it to
--- those jobs. Each gets a `rescued` event naming the vanished worker.
-CREATE FUNCTION ledger.job_rescue(as_of timestamptz DEFAULT now(), job_ids bigint[] DEFAULT NULL, metadata jsonb DEFAULT '{}')
+-- those jobs. Each gets a `rescued` event naming the vanished worker, or
+-- saying `reason` (a live worker's lost claim: worker/heartbeat.py).
+CREATE FUNCTION ledger.job_rescue(
+    as_of timestamptz DEFAULT now(), job_ids bigint[] DEFAULT NULL, metadata jsonb DEFAULT '{}', reason text DEFAULT NULL
+)
 RETURNS SETOF ledger.jobs LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -785,8 +841,9 @@ BEGIN
         j := r.job;
         RETURN NEXT ledger._append(j, j.id, 'rescued', jsonb_build_object(
             'worker', j.worker, 'attempt', j.attempt,
-            'error', CASE WHEN r.expired IS NULL
-                THEN format('worker %s vanished (no heartbeat on record)', j.worker)
+            'error', CASE
+                WHEN reason IS NOT NULL THEN reason
+                WHEN r.expired IS NULL THEN format('worker %s vanished (no heartbeat on record)', j.worker)
                 ELSE format('worker %s vanished (lease expired at %s)', j.worker, r.expired) END),
             metadata);
     END LOOP;
@@ -1024,11 +1081,12 @@ CREATE FUNCTION ledger.grants_apply()
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     api text[] := ARRAY['job_enqueue_many', 'job_enqueue', 'job_claim', 'job_succeed', 'job_succeed_many',
-                        'job_fail', 'job_cancel', 'job_snooze', 'job_replay', 'job_rescue', 'periodic_enqueue',
-                        'worker_heartbeat', 'worker_stop', 'events_prune_partition'];
+                        'job_fail', 'job_cancel', 'job_stop', 'job_snooze', 'job_replay', 'job_rescue',
+                        'periodic_enqueue', 'worker_heartbeat', 'worker_stop', 'events_prune_partition'];
     -- Reads, and the web app's own state (sessions, the sign-in throttle), which a
     -- dashboard served by the read-only role needs too; neither touches a job.
-    reads text[] := ARRAY['job_counts', 'projections_diff', 'metrics_refresh', 'events_appended', 'events_verify',
+    reads text[] := ARRAY['job_counts', 'kinds_unserved', 'projections_diff', 'metrics_refresh', 'events_appended',
+                          'events_verify',
                           'web_session_start', 'web_session_check', 'web_session_end',
                           'web_auth_wait', 'web_auth_fail', 'web_auth_forgive'];
     views text[] := ARRAY['read_jobs', 'read_events', 'read_discarded', 'read_metrics', 'read_partitions',

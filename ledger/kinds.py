@@ -8,6 +8,7 @@ the registry.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -55,12 +56,19 @@ class NoArgs(BaseModel):
 
 @dataclass(frozen=True)
 class JobContext(Generic[A]):
-    """What a handler receives: its validated args, the job row, and where the ledger is."""
+    """What a handler receives: its validated args, the job row, and where the ledger is.
+
+    `cancelled` is set when an operator cancels the job while it runs. An
+    async handler is cancelled outright (CancelledError at its next await);
+    a sync one runs in a thread that cannot be interrupted, so it should look
+    at `ctx.cancelled.is_set()` between steps of long work and return early.
+    """
 
     args: A
     job: Job
     worker: str
     database_url: str
+    cancelled: threading.Event = field(default_factory=threading.Event, compare=False)
 
     @property
     def id(self) -> int:

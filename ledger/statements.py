@@ -58,8 +58,14 @@ def enqueue_params(rows: Sequence[EnqueueRow], metadata: dict[str, Any] | None) 
     }
 
 
-def claim_params(queue: str, n: int, worker: str, lease: timedelta = LEASE) -> dict[str, Any]:
-    return {"queue": queue, "n": n, "worker": worker, "lease": lease, "metadata": Jsonb({})}
+def claim_params(
+    queue: str, n: int, worker: str, lease: timedelta = LEASE, kinds: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Parameters of job_claim; `kinds` None claims any kind."""
+    return {
+        "queue": queue, "n": n, "worker": worker, "lease": lease, "metadata": Jsonb({}),
+        "kinds": list(kinds) if kinds is not None else None,
+    }  # fmt: skip
 
 
 def succeed_params(successes: Sequence[Success | tuple[int, int]], worker: str | None) -> dict[str, Any]:

@@ -47,3 +47,6 @@ class EventType(StrEnum):
     """Its worker stopped heart-beating. running -> retryable now, or discarded with no attempts left."""
     REPLAYED = "replayed"
     """An operator put it back. discarded/cancelled -> available, attempt 0; records who and why."""
+    STOPPED = "stopped"
+    """The body of a job cancelled while it ran has ended: when, on which worker, and how
+    (stopped on the cancel, or ran to its end anyway). cancelled -> cancelled."""

@@ -118,14 +118,17 @@ class Store:
             return []
         return self._column("job_enqueue_many", enqueue_params(rows, metadata))
 
-    def claim(self, queue: str, n: int, worker: str, *, lease: timedelta = LEASE) -> list[Job]:
-        """Claim up to n due jobs of one queue (see ledger.job_claim for why one), as one statement.
+    def claim(
+        self, queue: str, n: int, worker: str, *, lease: timedelta = LEASE, kinds: Sequence[str] | None = None
+    ) -> list[Job]:
+        """Claim up to n due jobs of one queue (see ledger.job_claim for why one), as one statement;
+        only of `kinds` when given (the kinds the worker can run).
 
         Binary results and a row factory that builds Jobs without validating
         them (models.job_rows): this is the worker's hot path.
         """
         cur = self.conn.cursor(row_factory=job_rows)
-        cur.execute(query("job_claim"), claim_params(queue, n, worker, lease), binary=True)
+        cur.execute(query("job_claim"), claim_params(queue, n, worker, lease, kinds), binary=True)
         return cur.fetchall()
 
     def cycle(
@@ -135,6 +138,7 @@ class Store:
         worker: str,
         *,
         lease: timedelta = LEASE,
+        kinds: Sequence[str] | None = None,
     ) -> Cycle:
         """The worker's cycle: record `successes` and claim `claims` (queue -> n) in one transaction.
 
@@ -159,7 +163,8 @@ class Store:
             curs = {q: self.conn.cursor(row_factory=job_rows) for q in claims}
             for queue, n in claims.items():
                 # Binary results: timestamps and arrays parse several times faster than text.
-                curs[queue].execute(query("job_claim"), claim_params(queue, n, worker, lease), binary=True)
+                params = claim_params(queue, n, worker, lease, kinds)
+                curs[queue].execute(query("job_claim"), params, binary=True)
             if own:
                 self.conn.execute("COMMIT")
             if successes:
@@ -205,6 +210,12 @@ class Store:
     ) -> Job:
         return self._job("job_cancel", command_params(job_id, expected_version, metadata, reason=reason))
 
+    def stop(
+        self, job_id: int, how: str, *, expected_version: int | None = None, metadata: dict[str, Any] | None = None
+    ) -> Job:
+        """The body of a job cancelled while it ran has ended: `how` (ledger.job_stop)."""
+        return self._job("job_stop", command_params(job_id, expected_version, metadata, how=how))
+
     def snooze(
         self,
         job_id: int,
@@ -232,10 +243,11 @@ class Store:
         params = {"as_of": as_of, "ids": list(job_ids) if job_ids is not None else None, "metadata": Jsonb({})}
         return [Job.model_validate(r) for r in self._rows("job_rescue", params)]
 
-    def rescue_orphans(self, job_ids: Sequence[int], metadata: dict[str, Any]) -> list[int]:
-        """Rescue these running jobs whatever their worker's lease says (a claim whose answer was lost)."""
-        rows = self._rows("job_rescue_orphans", {"ids": list(job_ids), "metadata": Jsonb(metadata)})
-        return [r["id"] for r in rows]
+    def rescue_orphans(self, job_ids: Sequence[int], reason: str, metadata: dict[str, Any]) -> list[int]:
+        """Rescue these running jobs whatever their worker's lease says (a claim whose answer was lost),
+        `reason` being what the rescued events say happened."""
+        params = {"ids": list(job_ids), "reason": reason, "metadata": Jsonb(metadata)}
+        return [r["id"] for r in self._rows("job_rescue_orphans", params)]
 
     def periodic_enqueue(
         self,
@@ -256,10 +268,25 @@ class Store:
         job_id: int | None = self._one("periodic_enqueue", params)["id"]
         return job_id
 
-    def worker_heartbeat(self, worker: str, lease: timedelta = LEASE) -> datetime:
-        """Renew `worker`'s lease; when it now expires."""
-        expires: datetime = self._one("worker_heartbeat", {"worker": worker, "lease": lease})["expires_at"]
+    def worker_heartbeat(
+        self,
+        worker: str,
+        lease: timedelta = LEASE,
+        *,
+        queues: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+    ) -> datetime:
+        """Renew `worker`'s lease, saying which queues and kinds it serves; when the lease now expires."""
+        params = {
+            "worker": worker, "lease": lease,
+            "queues": list(queues) if queues is not None else None, "kinds": list(kinds) if kinds is not None else None,
+        }  # fmt: skip
+        expires: datetime = self._one("worker_heartbeat", params)["expires_at"]
         return expires
+
+    def kinds_unserved(self) -> list[DictRow]:
+        """(queue, kind, jobs, oldest): due jobs no live worker can run (ledger.kinds_unserved)."""
+        return self._rows("kinds_unserved")
 
     def worker_stop(self, worker: str) -> None:
         """Drop `worker`'s heartbeat, so the jobs it abandoned are rescued at the next pass."""

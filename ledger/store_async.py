@@ -134,14 +134,17 @@ class AsyncStore:
             return []
         return await self._column("job_enqueue_many", enqueue_params(rows, metadata))
 
-    async def claim(self, queue: str, n: int, worker: str, *, lease: timedelta = LEASE) -> list[Job]:
-        """Claim up to n due jobs of one queue (see ledger.job_claim for why one), as one statement.
+    async def claim(
+        self, queue: str, n: int, worker: str, *, lease: timedelta = LEASE, kinds: Sequence[str] | None = None
+    ) -> list[Job]:
+        """Claim up to n due jobs of one queue (see ledger.job_claim for why one), as one statement;
+        only of `kinds` when given (the kinds the worker can run).
 
         Binary results and a row factory that builds Jobs without validating
         them (models.job_rows): this is the worker's hot path.
         """
         cur = self.conn.cursor(row_factory=job_rows)
-        await cur.execute(query("job_claim"), claim_params(queue, n, worker, lease), binary=True)
+        await cur.execute(query("job_claim"), claim_params(queue, n, worker, lease, kinds), binary=True)
         return await cur.fetchall()
 
     async def cycle(
@@ -151,6 +154,7 @@ class AsyncStore:
         worker: str,
         *,
         lease: timedelta = LEASE,
+        kinds: Sequence[str] | None = None,
     ) -> Cycle:
         """The worker's cycle: record `successes` and claim `claims` (queue -> n) in one transaction.
 
@@ -175,7 +179,8 @@ class AsyncStore:
             curs = {q: self.conn.cursor(row_factory=job_rows) for q in claims}
             for queue, n in claims.items():
                 # Binary results: timestamps and arrays parse several times faster than text.
-                await curs[queue].execute(query("job_claim"), claim_params(queue, n, worker, lease), binary=True)
+                params = claim_params(queue, n, worker, lease, kinds)
+                await curs[queue].execute(query("job_claim"), params, binary=True)
             if own:
                 await self.conn.execute("COMMIT")
             if successes:
@@ -221,6 +226,12 @@ class AsyncStore:
     ) -> Job:
         return await self._job("job_cancel", command_params(job_id, expected_version, metadata, reason=reason))
 
+    async def stop(
+        self, job_id: int, how: str, *, expected_version: int | None = None, metadata: dict[str, Any] | None = None
+    ) -> Job:
+        """The body of a job cancelled while it ran has ended: `how` (ledger.job_stop)."""
+        return await self._job("job_stop", command_params(job_id, expected_version, metadata, how=how))
+
     async def snooze(
         self,
         job_id: int,
@@ -248,10 +259,11 @@ class AsyncStore:
         params = {"as_of": as_of, "ids": list(job_ids) if job_ids is not None else None, "metadata": Jsonb({})}
         return [Job.model_validate(r) for r in await self._rows("job_rescue", params)]
 
-    async def rescue_orphans(self, job_ids: Sequence[int], metadata: dict[str, Any]) -> list[int]:
-        """Rescue these running jobs whatever their worker's lease says (a claim whose answer was lost)."""
-        rows = await self._rows("job_rescue_orphans", {"ids": list(job_ids), "metadata": Jsonb(metadata)})
-        return [r["id"] for r in rows]
+    async def rescue_orphans(self, job_ids: Sequence[int], reason: str, metadata: dict[str, Any]) -> list[int]:
+        """Rescue these running jobs whatever their worker's lease says (a claim whose answer was lost),
+        `reason` being what the rescued events say happened."""
+        params = {"ids": list(job_ids), "reason": reason, "metadata": Jsonb(metadata)}
+        return [r["id"] for r in await self._rows("job_rescue_orphans", params)]
 
     async def periodic_enqueue(
         self,
@@ -272,10 +284,25 @@ class AsyncStore:
         job_id: int | None = (await self._one("periodic_enqueue", params))["id"]
         return job_id
 
-    async def worker_heartbeat(self, worker: str, lease: timedelta = LEASE) -> datetime:
-        """Renew `worker`'s lease; when it now expires."""
-        expires: datetime = (await self._one("worker_heartbeat", {"worker": worker, "lease": lease}))["expires_at"]
+    async def worker_heartbeat(
+        self,
+        worker: str,
+        lease: timedelta = LEASE,
+        *,
+        queues: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+    ) -> datetime:
+        """Renew `worker`'s lease, saying which queues and kinds it serves; when the lease now expires."""
+        params = {
+            "worker": worker, "lease": lease,
+            "queues": list(queues) if queues is not None else None, "kinds": list(kinds) if kinds is not None else None,
+        }  # fmt: skip
+        expires: datetime = (await self._one("worker_heartbeat", params))["expires_at"]
         return expires
+
+    async def kinds_unserved(self) -> list[DictRow]:
+        """(queue, kind, jobs, oldest): due jobs no live worker can run (ledger.kinds_unserved)."""
+        return await self._rows("kinds_unserved")
 
     async def worker_stop(self, worker: str) -> None:
         """Drop `worker`'s heartbeat, so the jobs it abandoned are rescued at the next pass."""

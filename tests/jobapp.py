@@ -132,3 +132,28 @@ def crowd(ctx: JobContext[NoArgs]) -> None:
     finally:
         with _lock:
             _live -= 1
+
+
+@default_registry.kind("dawdle", max_attempts=3)
+async def dawdle(ctx: JobContext[NoArgs]) -> None:
+    """An async body that would run for a minute: an operator's cancel must stop it."""
+    import asyncio
+
+    await asyncio.sleep(60)
+    record(ctx)
+
+
+@default_registry.kind("patient", max_attempts=3)
+def patient(ctx: JobContext[NoArgs]) -> None:
+    """A sync body that works in small steps and stops early once its job is cancelled."""
+    for _ in range(600):
+        if ctx.cancelled.is_set():
+            return
+        time.sleep(0.05)
+    record(ctx)
+
+
+@default_registry.kind("blip", args=Sleep, max_attempts=3)
+def blip(ctx: JobContext[Sleep]) -> None:
+    """1-20 ms of work: the steady backlog of the lost-claim test."""
+    time.sleep(ctx.args.seconds)

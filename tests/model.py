@@ -86,6 +86,8 @@ def fold(job: ModelJob | None, e: Event) -> ModelJob:
             job.state, job.run_at = "retryable", e.at
         else:
             job.state, job.finalized_at = "discarded", e.at
+    elif t == "stopped":
+        _need(job, {"cancelled"})
     elif t == "replayed":
         _need(job, {"discarded", "cancelled"})
         job.state, job.attempt, job.run_at, job.last_error, job.finalized_at = "available", 0, e.at, None, None

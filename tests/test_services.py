@@ -109,34 +109,37 @@ def _outcome(store: Store, job_id: int, kind: Any, **kw: Any) -> Outcome:
     return Outcome(job=job, kind=kind, duration=0.01, **kw)
 
 
-def test_the_completer_records_a_failure_at_its_retry_time_and_skips_an_outcome_gone_stale(
+def test_the_completer_records_a_failure_at_its_retry_time_and_what_became_of_an_outcome_gone_stale(
     db_url: str, store: Store
 ) -> None:
-    first, second = enqueue(store, 2)
-    store.claim("q", 2, "w")
+    first, second, third = enqueue(store, 3)
+    store.claim("q", 3, "w", lease=timedelta(seconds=1))
     later = datetime.now(UTC) + timedelta(minutes=5)
     failed = _outcome(store, first, "failed", error="RuntimeError: no", retry_at=later, traceback="tb")
-    stale = _outcome(store, second, "snoozed", run_at=later)
-    store.cancel(second, "operator")  # meanwhile: the snooze no longer fits
+    after_cancel = _outcome(store, second, "snoozed", run_at=later)
+    store.cancel(second, "operator")  # meanwhile: the snooze no longer fits; the body's end is what counts
+    after_rescue = _outcome(store, third, "failed", error="late", retry_at=later)
+    store.rescue(as_of=later, job_ids=[third])  # meanwhile its lease lapsed: the late outcome is dropped
 
     async def body(pool: AsyncConnectionPool[Any]) -> None:
         completer = Completer(pool, app_registry(), "w")
-        await completer.record(failed)
-        await completer.record(stale)  # logged, not raised
+        for outcome in (failed, after_cancel, after_rescue):
+            await completer.record(outcome)  # refusals are logged, not raised
 
     run(db_url, body)
     job = store.job(first)
     assert job is not None and (job.state, job.run_at, job.last_error) == ("retryable", later, "RuntimeError: no")
     assert store.events_for_job(first)[-1].metadata["traceback"] == "tb"
-    assert [e.type for e in store.events_for_job(second)][-1] == "cancelled"
+    stopped = store.events_for_job(second)[-1]
+    assert (stopped.type, stopped.data["how"]) == ("stopped", "the body ended after the cancel (snoozed)")
+    assert stopped.metadata["worker"] == "w" and store.job(second).state == "cancelled"  # type: ignore[union-attr]
+    assert [e.type for e in store.events_for_job(third)][-1] == "rescued"
 
 
 # ---------------------------------------------------------------- the heartbeat
 
 
-def test_the_heartbeat_returns_jobs_claimed_in_its_name_that_the_worker_does_not_hold(
-    db_url: str, store: Store
-) -> None:
+def test_the_heartbeat_returns_a_lost_claim_within_two_beats_however_busy_the_claims(db_url: str, store: Store) -> None:
     held, lost = enqueue(store, 2)
     [claimed_held] = store.claim("q", 1, "hb")
     store.claim("q", 1, "hb")  # its answer "lost": the producer never saw it
@@ -146,16 +149,43 @@ def test_the_heartbeat_returns_jobs_claimed_in_its_name_that_the_worker_does_not
         producer = Producer(pool, db_url, config, app_registry(), Completer(pool, app_registry(), "hb"))
         producer.running[held] = claimed_held
         heartbeat = Heartbeat(pool, "hb", config.lease, producer)
+
+        def claim_in_flight() -> None:  # a steady backlog: some claim is always out
+            producer.claims_sent += 1
+            producer.claims_in_flight = {producer.claims_sent}
+
         async with pool.connection() as conn:
-            producer.in_flight = 1  # a claim in flight may hold jobs the worker has not seen: no verdict
-            await heartbeat.return_lost_claims(AsyncStore(conn))
-            assert store.job(lost).state == "running"  # type: ignore[union-attr]
-            producer.in_flight = 0
-            await heartbeat.return_lost_claims(AsyncStore(conn))
+            claim_in_flight()
+            await heartbeat.check(AsyncStore(conn))
+            assert store.job(lost).state == "running", "one beat: a claim in flight may still hand it over"  # type: ignore[union-attr]
+            claim_in_flight()  # the claim of the first beat came back; another one is out
+            await heartbeat.check(AsyncStore(conn))
 
     run(db_url, body)
-    assert [e.type for e in store.events_for_job(lost)][-1] == "rescued"
+    rescued = store.events_for_job(lost)[-1]
+    assert rescued.type == "rescued" and "never received the claim's answer" in rescued.data["error"]
+    assert "vanished" not in rescued.data["error"] and "lease expired" not in rescued.data["error"]
     assert store.job(held).state == "running"  # type: ignore[union-attr]
+
+
+def test_the_heartbeat_waits_while_a_claim_from_before_its_last_beat_is_still_out(db_url: str, store: Store) -> None:
+    [lost] = enqueue(store, 1)
+    store.claim("q", 1, "hb")
+
+    async def body(pool: AsyncConnectionPool[Any]) -> None:
+        producer = Producer(pool, db_url, WorkerConfig(id="hb"), app_registry(), Completer(pool, app_registry(), "hb"))
+        heartbeat = Heartbeat(pool, "hb", 30, producer)
+        producer.claims_sent, producer.claims_in_flight = 1, {1}  # hung since before the first beat
+        async with pool.connection() as conn:
+            for _ in range(3):
+                await heartbeat.check(AsyncStore(conn))
+            assert store.job(lost).state == "running"  # type: ignore[union-attr]
+            producer.claims_in_flight = set()  # it failed at last: its jobs can only be lost ones
+            await heartbeat.check(AsyncStore(conn))
+            await heartbeat.check(AsyncStore(conn))
+
+    run(db_url, body)
+    assert store.job(lost).state == "retryable"  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------- the producer

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -296,4 +298,90 @@ def test_a_worker_of_other_queues_runs_the_rescue_on_a_queue_it_serves(
     wait_until(lambda: (j := store.job(job)) is not None and j.state.value == "succeeded", what="the rescue")
     history = [e.type.value for e in store.events_for_job(job)]
     assert history == ["enqueued", "started", "rescued", "started", "succeeded"]
+    assert w.stop() == 0
+
+
+# ---------------------------------------------------------------- reliability under load and operators
+
+
+def test_a_lost_claim_comes_back_within_two_heartbeats_under_a_steady_backlog(
+    db_url: str, store: Store, workers: list[WorkerProcess]
+) -> None:
+    # Lease 3 s: a heartbeat every second. The backlog of 1-20 ms jobs keeps a claim in flight
+    # nearly always, which is what held lost claims back for as long as the backlog lasted.
+    w = WorkerProcess(db_url, *QUIET, "--lease", "3", "--queues", "default=50", name="busy").started()
+    workers.append(w)
+    stop = threading.Event()
+
+    def backlog() -> None:
+        with connect(db_url) as c:
+            s = Store(c)
+            while not stop.is_set():
+                waiting = next((x.count for x in s.job_counts() if x.state == "available"), 0)
+                if waiting < 1000:
+                    s.enqueue_many(
+                        [("blip", {"seconds": (i % 20 + 1) / 1000}, "default", 5, 3, None) for i in range(200)]
+                    )
+                time.sleep(0.05)
+
+    feeder = threading.Thread(target=backlog, daemon=True)
+    feeder.start()
+    try:
+        wait_until(
+            lambda: any(c.state == "succeeded" and c.count > 200 for c in store.job_counts()),
+            what="the backlog flowing",
+        )
+        [lost_job] = store.enqueue_many([("blip", {}, "parked", 5, 3, None)])
+        store.claim("parked", 1, "busy")  # committed in the worker's name; the worker never hears of it
+        w.wait_for("returned 1 job(s) whose claim answer was lost to work", timeout=30)
+        assert store.job(lost_job).state == "retryable"  # type: ignore[union-attr]
+        assert len(store.jobs(state="available", limit=1)) == 1, "the backlog was still there"
+    finally:
+        stop.set()
+        feeder.join(10)
+
+
+def test_a_worker_claims_only_the_kinds_it_can_run_and_the_others_wait_untouched(
+    db_url: str, store: Store, workers: list[WorkerProcess]
+) -> None:
+    bare = WorkerProcess(db_url, *QUIET, "--poll-interval", "0.1", name="bare", app=None).started()
+    workers.append(bare)
+    [mine] = enqueue(store, "heartbeat")
+    [theirs] = enqueue(store, "noop")  # a kind only the app's workers know
+    wait_until(lambda: states(store, [mine]) == {"succeeded": 1}, what="the built-in kind to run")
+    bare.wait_for("listener listening")
+    time.sleep(1.0)  # ten polls of the bare worker: none may take the app's job
+    job = store.job(theirs)
+    assert job is not None and (job.state, job.attempt, job.version) == ("available", 0, 1)
+    assert [(r["queue"], r["kind"], r["jobs"]) for r in store.kinds_unserved()] == [("default", "noop", 1)]
+    app = WorkerProcess(db_url, *QUIET, name="app").started()
+    workers.append(app)
+    wait_until(lambda: states(store, [theirs]) == {"succeeded": 1}, what="a worker that knows the kind")
+    assert [e.type for e in store.events_for_job(theirs)] == ["enqueued", "started", "succeeded"]
+    assert store.kinds_unserved() == []
+
+
+@pytest.mark.parametrize("poll_only", [False, True], ids=["notified", "found-at-the-heartbeat"])
+def test_cancelling_a_running_job_stops_its_body_and_the_history_says_who_and_when(
+    db_url: str, store: Store, side: psycopg.Connection[DictRow], workers: list[WorkerProcess], poll_only: bool
+) -> None:
+    extra = ["--poll-only", "--poll-interval", "0.2", "--lease", "3"] if poll_only else []
+    w = WorkerProcess(db_url, *QUIET, *extra, name="runner").started(listening=not poll_only)
+    workers.append(w)
+    [async_job] = enqueue(store, "dawdle")
+    [sync_job] = enqueue(store, "patient")
+    wait_until(lambda: states(store, [async_job, sync_job]) == {"running": 2}, what="both bodies running")
+    for job in (async_job, sync_job):
+        out = ledger("cancel", str(job), "--reason", "wrong customer", url=db_url, extra_env={"LEDGER_OPERATOR": "ana"})
+        assert out.returncode == 0, out.stderr
+    for job, how in ((async_job, "stopped on the cancel"), (sync_job, "the body ended after the cancel (succeeded)")):
+        wait_until(lambda j=job: store.events_for_job(j)[-1].type == "stopped", timeout=30, what=f"job {job} stopped")
+        history = store.events_for_job(job)
+        assert [e.type for e in history] == ["enqueued", "started", "cancelled", "stopped"]
+        cancelled, stopped = history[2], history[3]
+        assert cancelled.metadata["by"] == "ana" and cancelled.data["reason"] == "wrong customer"
+        assert stopped.data["how"] == how and stopped.metadata["worker"] == "runner"
+        assert stopped.at >= cancelled.at
+    assert executions(side) == {}, "neither body ran to its own end"
+    assert states(store, [async_job, sync_job]) == {"cancelled": 2}
     assert w.stop() == 0

@@ -28,7 +28,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = 
 class WorkerProcess:
     """`ledger worker --app tests.jobapp` with its stderr collected line by line."""
 
-    def __init__(self, url: str | None, *args: str, env: dict[str, str] | None = None, name: str = "w") -> None:
+    def __init__(
+        self,
+        url: str | None,
+        *args: str,
+        env: dict[str, str] | None = None,
+        name: str = "w",
+        app: str | None = "tests.jobapp",
+    ) -> None:
         full_env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "LEDGER_ENV"}}
         if url is not None:
             full_env["DATABASE_URL"] = url
@@ -38,7 +45,7 @@ class WorkerProcess:
         self.name = name
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ledger", "worker", "--app", "tests.jobapp", *args],
+            [sys.executable, "-m", "ledger", "worker", *(["--app", app] if app else []), *args],
             env=full_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)

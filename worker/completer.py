@@ -13,6 +13,9 @@ job retryable at that time while attempts remain, and discards it otherwise.
 Every command carries the version the claim returned (expected_version), so
 an outcome for a job that was meanwhile rescued and re-claimed elsewhere, or
 cancelled by an operator, is refused instead of overwriting newer history.
+For a job an operator cancelled while it ran, what is recorded instead is
+when and how its body ended (a `stopped` event, AsyncStore.stop): stopped on
+the cancel, or ran to its end anyway.
 A lost database is retried with backoff until the outcome is recorded: an
 outcome is never dropped because PostgreSQL blinked.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -62,6 +66,7 @@ class Completer:
         self.registry = registry
         self.worker = worker
         self._pending: list[Pending] = []
+        self._stops: set[asyncio.Task[None]] = set()  # stops recorded after a refused success
 
     # ------------------------------------------------------------ successes, batched into cycles
 
@@ -93,13 +98,15 @@ class Completer:
         return [Success(o.job.id, o.job.version, _duration_ms(o), _wait_ms(o)) for o, _ in batch]
 
     def settle(self, batch: list[Pending], recorded: dict[int, bool]) -> None:
-        """After the cycle committed: log refusals and release the waiting jobs."""
+        """After the cycle committed: release the waiting jobs; a success refused because the job
+        was cancelled meanwhile is recorded as the end of its body (a success refused for any
+        other reason, a rescue, is logged by that attempt)."""
         for o, done in batch:
             if not recorded.get(o.job.id, True):
-                log.warning(
-                    "outcome of job %s not recorded: it is no longer running at version %s (cancelled or rescued)",
-                    o.job.id, o.job.version, extra={"job_id": o.job.id, "kind": o.job.kind, "outcome": o.kind},
-                )  # fmt: skip
+                how = "the body ended after the cancel (succeeded)"
+                task = asyncio.get_running_loop().create_task(self.record_stop(o, how))
+                self._stops.add(task)
+                task.add_done_callback(self._stops.discard)
             elif log.isEnabledFor(logging.DEBUG):
                 self._log(o, None)
             if not done.done():
@@ -130,25 +137,56 @@ class Completer:
 
     async def record(self, o: Outcome) -> None:
         """Record a failure, snooze or cancel now, retrying while the database is unavailable."""
+        if o.kind == "stopped":
+            await self.record_stop(o, o.error or "stopped on the cancel")
+            return
+        job = await self._retrying(o, lambda store: self._send(store, o))
+        if job is None:  # refused: cancelled meanwhile (recorded as the body's end), or rescued
+            ended = o.kind + (f": {o.error}" if o.error else "")
+            await self.record_stop(o, f"the body ended after the cancel ({ended})")
+            return
+        self._log(o, job)
+
+    async def record_stop(self, o: Outcome, how: str) -> None:
+        """The body of a job an operator cancelled while it ran has ended: record when and how.
+
+        The cancel is the event right after the claim's, hence the version; if the job
+        was not cancelled but rescued and claimed again elsewhere, this is refused too,
+        and the outcome is only logged.
+        """
+        meta = self._meta(o)
+        stopped = await self._retrying(
+            o,
+            lambda store: store.stop(o.job.id, how, expected_version=o.job.version + 1, metadata=meta),
+            log_refusal=True,
+        )
+        if stopped is not None:
+            log.info(
+                "job %s stopped after its cancel: %s", o.job.id, how, extra={"job_id": o.job.id, "kind": o.job.kind}
+            )
+
+    async def _retrying(
+        self, o: Outcome, command: Callable[[AsyncStore], Awaitable[Job]], *, log_refusal: bool = False
+    ) -> Job | None:
+        """Run a command until the database answers; None when it refused (the job moved on)."""
         delay = 0.1
         while True:
             try:
                 async with self.pool.connection() as conn:
-                    job = await self._send(AsyncStore(conn), o)
-                break
+                    return await command(AsyncStore(conn))
             except (VersionConflict, IllegalTransition, JobNotFound) as exc:
-                log.warning(
-                    "outcome of job %s not recorded: %s",
-                    o.job.id,
-                    exc,
-                    extra={"job_id": o.job.id, "kind": o.job.kind, "outcome": o.kind},
-                )
-                return
+                if log_refusal:
+                    log.warning(
+                        "outcome of job %s not recorded: %s",
+                        o.job.id,
+                        exc,
+                        extra={"job_id": o.job.id, "kind": o.job.kind, "outcome": o.kind},
+                    )
+                return None
             except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
                 log.warning("database unavailable while recording job %s; retrying in %.1fs: %s", o.job.id, delay, exc)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        self._log(o, job)
 
     def _log(self, o: Outcome, recorded: Job | None) -> None:
         job = o.job

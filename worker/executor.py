@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -30,7 +31,9 @@ from ledger.retry_policy import retry_at
 
 __all__ = ["Outcome", "execute"]
 
-OutcomeKind = Literal["succeeded", "failed", "discarded", "snoozed", "cancelled"]
+OutcomeKind = Literal["succeeded", "failed", "discarded", "snoozed", "cancelled", "stopped"]
+"""What an attempt came to. `cancelled`: the job cancelled itself (JobCancel); `stopped`: an
+operator cancelled it while it ran and the async body was stopped (ledger.job_stop records it)."""
 
 
 @dataclass(frozen=True)
@@ -65,11 +68,15 @@ async def execute(
     *,
     clock: Callable[[], datetime] = _now,
     jitter: Callable[[], float] = random.random,
+    cancelled: threading.Event | None = None,
 ) -> Outcome:
     """Run `job` to an Outcome; never raises for anything the handler does.
 
     `clock` and `jitter` feed the retry policy of a failed attempt; tests pass fixed ones.
+    `cancelled` is the handler's ctx.cancelled: the producer sets it (and cancels this
+    task, for an async handler) when an operator cancels the job.
     """
+    cancelled = cancelled or threading.Event()
     started = time.monotonic()
 
     def done(kind: OutcomeKind, **kw: Any) -> Outcome:
@@ -93,7 +100,7 @@ async def execute(
             return failure(exc, f"invalid args for job kind {job.kind!r}: {format_validation_error(exc)}")
         if kind.handler is None:
             raise UnknownKind(f"job kind {job.kind!r} has no handler in this worker")
-        ctx = JobContext(args=args, job=job, worker=worker, database_url=database_url)
+        ctx = JobContext(args=args, job=job, worker=worker, database_url=database_url, cancelled=cancelled)
         handler = kind.handler
         if inspect.iscoroutinefunction(handler):
             # asyncio.timeout, not anyio.fail_after: this is the per-job hot path and
@@ -116,6 +123,12 @@ async def execute(
         seconds = registry.kinds[job.kind].timeout if job.kind in registry.kinds else 0
         return failure(exc, f"timed out after {seconds:g}s")
     except asyncio.CancelledError:
-        raise  # the worker is abandoning this attempt; the rescue will return it to work
+        if not cancelled.is_set():
+            raise  # the worker is abandoning this attempt; the rescue will return it to work
+        # An operator's cancel: this attempt ends here, and that is its outcome.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return done("stopped", error="stopped on the cancel")
     except Exception as exc:
         return failure(exc)

@@ -13,13 +13,22 @@ while this process runs the jobs another brought back. Each claimed job runs
 in a bare asyncio task (worker/executor.py); its outcome goes to the
 completer. A job stays in `running` until its outcome is recorded, which is
 what the heartbeat's lost-claim check and a graceful shutdown look at.
+
+A claim asks only for the kinds this worker has handlers for, so a job of a
+kind it does not know stays available for a worker that does. An operator's
+cancel of a running job arrives here (`cancel`, from the listener's NOTIFY
+or the heartbeat's check): an async body is cancelled, a sync one sees
+ctx.cancelled set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import logging
 import random
+import threading
 import time
 from collections import Counter
 from datetime import timedelta
@@ -57,9 +66,13 @@ class Producer:
         self.active: Counter[str] = Counter()  # bodies running, per queue
         self.reserved: Counter[str] = Counter()  # slots a claim in flight may fill
         self.running: dict[int, Job] = {}  # claimed jobs whose outcome is not recorded yet
+        self.bodies: dict[int, tuple[asyncio.Task[None], threading.Event]] = {}  # jobs whose body runs now
         self.tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0  # cycles between take() and settle(): their jobs are not in `running` yet
-        self.claims_sent = 0  # cycles that asked for jobs, ever: lets the lost-claim check see a claim it raced
+        self.claims_sent = 0  # claim cycles started, ever: each one's number
+        self.claims_in_flight: set[int] = set()  # the numbers of the claim cycles not back yet (heartbeat.py)
+        # What a claim may take: the kinds this worker can run (the built-ins and the app's).
+        self.kinds = sorted(name for name, kind in registry.kinds.items() if kind.handler is not None)
         self.stats: Counter[str] = Counter()  # cycles, claimed, recorded, cycle_us: logged at stop
         self.stopping = False
         self._wakes: list[anyio.Event] = []
@@ -78,6 +91,28 @@ class Producer:
         """Claim no more; the cycle loops go on recording the outcomes of the jobs that are finishing."""
         self.stopping = True
         self.wake()
+
+    def cancel(self, job_id: int) -> bool:
+        """An operator cancelled this job while it runs here: stop its body. False if no body of it runs here.
+
+        An async handler's task is cancelled (the executor turns that into a
+        `stopped` outcome); a sync handler cannot be interrupted, so it gets
+        ctx.cancelled set and its outcome, whenever it comes, is recorded as
+        the end of a cancelled body.
+        """
+        held = self.bodies.get(job_id)
+        if held is None:
+            return False
+        task, cancelled = held
+        if cancelled.is_set():
+            return True
+        cancelled.set()
+        job = self.running.get(job_id)
+        kind = self.registry.kinds.get(job.kind) if job else None
+        if kind is not None and inspect.iscoroutinefunction(kind.handler):
+            task.cancel()
+        log.info("job %s cancelled while running: stopping its body", job_id, extra={"job_id": job_id})
+        return True
 
     def abandon(self) -> None:
         """Cancel every job still running (shutdown timeout or second signal): the rescue returns them."""
@@ -139,7 +174,11 @@ class Producer:
         if not batch and not wanted:
             return False
         self.in_flight += 1
-        self.claims_sent += bool(wanted)
+        seq = 0
+        if wanted:
+            self.claims_sent += 1
+            seq = self.claims_sent
+            self.claims_in_flight.add(seq)
         claimed: dict[str, list[Job]]
         recorded: dict[int, bool] = {}
         try:
@@ -149,13 +188,14 @@ class Producer:
             else:
                 async with self.pool.connection() as conn:
                     claimed, recorded = await AsyncStore(conn).cycle(
-                        Completer.successes(batch), wanted, self.config.id, lease=self.lease
+                        Completer.successes(batch), wanted, self.config.id, lease=self.lease, kinds=self.kinds
                     )
         except BaseException:
             self.completer.put_back(batch)
             raise
         finally:
             self.in_flight -= 1
+            self.claims_in_flight.discard(seq)
             for queue, n in wanted.items():
                 self.reserved[queue] -= n
         self.completer.settle(batch, recorded)
@@ -171,8 +211,10 @@ class Producer:
                 self.running[job.id] = job
                 # A bare asyncio task per job (anyio's start_soon costs several times
                 # more); they are tracked so an abandon can cancel them.
-                task = loop.create_task(self._run_job(job))
+                cancelled = threading.Event()
+                task = loop.create_task(self._run_job(job, cancelled))
                 self.tasks.add(task)
+                self.bodies[job.id] = (task, cancelled)
                 task.add_done_callback(self.tasks.discard)
         return more or self.completer.has_pending
 
@@ -185,33 +227,39 @@ class Producer:
         """
         if self._claimer_busy:
             async with self.pool.connection() as conn:
-                return await AsyncStore(conn).claim(queue, n, self.config.id, lease=self.lease)
+                return await AsyncStore(conn).claim(queue, n, self.config.id, lease=self.lease, kinds=self.kinds)
         self._claimer_busy = True
         try:
             if self._claimer is None or self._claimer.closed:
                 self._claimer = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
             try:
-                return await AsyncStore(self._claimer).claim(queue, n, self.config.id, lease=self.lease)
+                store = AsyncStore(self._claimer)
+                return await store.claim(queue, n, self.config.id, lease=self.lease, kinds=self.kinds)
             except psycopg.OperationalError:
                 await self._claimer.close()  # broken: the next lone claim opens a new one
                 raise
         finally:
             self._claimer_busy = False
 
-    async def _run_job(self, job: Job) -> None:
+    async def _run_job(self, job: Job, cancelled: threading.Event) -> None:
         # The slot is free once the body is done, not once its outcome is
         # committed: the next cycle then records this success and claims a
         # replacement in one transaction. (Freed at the commit, every other
         # cycle found no free slot and only recorded: measured, it halved
         # the drain.) The job stays in `running` until its outcome is recorded.
         try:
-            outcome = await execute(job, self.registry, self.config.id, self.url)
+            outcome = await execute(job, self.registry, self.config.id, self.url, cancelled=cancelled)
         except BaseException:
             self.running.pop(job.id, None)  # abandoned: nothing to record
             raise
         finally:
+            self.bodies.pop(job.id, None)
             self.active[job.queue] -= 1
             self.wake()
+        if cancelled.is_set() and outcome.kind != "stopped":
+            # A sync body that ran on after its cancel: what is recorded is how it ended.
+            ended = outcome.kind + (f": {outcome.error}" if outcome.error else "")
+            outcome = dataclasses.replace(outcome, kind="stopped", error=f"the body ended after the cancel ({ended})")
         if outcome.kind == "succeeded":
             # Handed to the next cycle; this task ends now (no task waits per
             # job) and the job leaves `running` when the cycle has committed it.

@@ -81,7 +81,7 @@ class Worker:
                 services.start_soon(Heartbeat(pool, self.config.id, self.config.lease, producer).run)
                 services.start_soon(Scheduler(pool, self.registry).run)
                 if not self.config.poll_only:
-                    services.start_soon(Listener(self.url, list(limits), producer.wake).run)
+                    services.start_soon(Listener(self.url, list(limits), producer.wake, producer.cancel).run)
                 log.info("worker started", extra={"worker": self.config.id})
                 # The cycle loops outlive claiming: while stopping they still record
                 # the outcomes of the jobs that are finishing.

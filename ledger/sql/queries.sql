@@ -28,7 +28,7 @@ SELECT ledger.job_enqueue_many(
     %(max_attempts)b::int[], %(run_ats)s::timestamptz[], %(metadata)s) AS id;
 
 -- name: job_claim
-SELECT * FROM ledger.job_claim(%(queue)s, %(n)s, %(worker)s, %(lease)s, %(metadata)s);
+SELECT * FROM ledger.job_claim(%(queue)s, %(n)s, %(worker)s, %(lease)s, %(metadata)s, %(kinds)s::text[]);
 
 -- name: job_succeed
 SELECT * FROM ledger.job_succeed(%(id)s, %(expected_version)s, %(metadata)s);
@@ -38,6 +38,9 @@ SELECT * FROM ledger.job_fail(%(id)s, %(error)s, %(retry_at)s, %(discard)s, %(ex
 
 -- name: job_cancel
 SELECT * FROM ledger.job_cancel(%(id)s, %(reason)s, %(expected_version)s, %(metadata)s);
+
+-- name: job_stop
+SELECT * FROM ledger.job_stop(%(id)s, %(how)s, %(expected_version)s, %(metadata)s);
 
 -- name: job_snooze
 SELECT * FROM ledger.job_snooze(%(id)s, %(run_at)s, %(expected_version)s, %(metadata)s);
@@ -58,7 +61,10 @@ SELECT ledger.projections_rebuild() AS jobs;
 SELECT ledger.periodic_enqueue(%(name)s, %(every)s, %(kind)s, %(args)s, %(queue)s, %(priority)s, %(max_attempts)s) AS id;
 
 -- name: worker_heartbeat
-SELECT ledger.worker_heartbeat(%(worker)s, %(lease)s) AS expires_at;
+SELECT ledger.worker_heartbeat(%(worker)s, %(lease)s, %(queues)s::text[], %(kinds)s::text[]) AS expires_at;
+
+-- name: kinds_unserved
+SELECT * FROM ledger.kinds_unserved();
 
 -- name: worker_stop
 SELECT ledger.worker_stop(%(worker)s);
@@ -101,7 +107,7 @@ SELECT id FROM ledger.read_jobs WHERE state = 'running' AND worker = %(worker)s;
 -- name: job_rescue_orphans
 -- Jobs a live worker holds in the database but not in memory (a claim whose
 -- answer was lost): rescued whatever its lease says.
-SELECT id FROM ledger.job_rescue('infinity', %(ids)s, %(metadata)s);
+SELECT id FROM ledger.job_rescue('infinity', %(ids)s, %(metadata)s, %(reason)s);
 
 -- name: schema_present
 -- The read view where it exists (what every role may read), else the table

@@ -9,6 +9,13 @@
 -- policy moved to Python (ledger.backoff is gone) and the lease has no SQL
 -- default.
 
+-- A job cancelled while it ran gets a `stopped` event when its body ends.
+-- (Added before anything in this transaction uses it: a new enum value may
+-- not be used in the transaction that adds it, and nothing here does.)
+ALTER TYPE ledger.event_type ADD VALUE 'stopped';
+
+ALTER TABLE ledger.workers ADD COLUMN queues text[], ADD COLUMN kinds text[];
+
 ALTER TABLE ledger.events ADD COLUMN hash bytea;
 ALTER TABLE ledger.jobs ADD COLUMN head bytea;
 
