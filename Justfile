@@ -41,7 +41,9 @@ chaos *ARGS:
 retention *ARGS:
     python -m bench.retention {{ARGS}}
 
-# The benchmark beside Procrastinate and PgQueuer (installs the bench extra). `just bench --quick` for ~2.5 min.
+# The benchmark beside Procrastinate, PgQueuer, oban-py and awa (installs the bench extra, and oban-py's own
+# Python >= 3.12 environment, .venv-oban, where one is found). `just bench --quick` for a few minutes.
 bench *ARGS:
     pip install -q -e '.[dev,bench]'
+    -python -m bench.envs
     python -m bench.run {{ARGS}}
