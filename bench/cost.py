@@ -3,13 +3,14 @@
 A drain's rate says how fast a system went; these say what each job cost the
 server that every design shares, so how far each is from this machine's limit:
 
-- CPU seconds of the PostgreSQL processes that served the run: the backends
-  and autovacuum workers of the system's own database (found by the process
-  title, `postgres: ... user dbname host state`) and the server's shared
-  processes (checkpointer, WAL writer, background writer, postmaster). Backends
-  of other databases are left out, and also counted apart (`pg_cpu_all_s`),
-  for a machine shared with other work. Sampled while the drain runs, so a
-  process that ends before the drain does still counts up to its last sample.
+- CPU seconds of the PostgreSQL processes that served the run (`pg_cpu_s`):
+  the backends and autovacuum workers of the system's own database (found by
+  the process title, `postgres: ... user dbname host state`; alone in
+  `pg_db_cpu_s`) and the server's shared processes (checkpointer, WAL writer,
+  background writer, postmaster), which on a machine shared with other work
+  also do the others' share. Backends of other databases are left out (all
+  together: `pg_cpu_all_s`). Sampled while the drain runs, so a process that
+  ends before the drain does still counts up to its last sample.
 - CPU seconds of the system's worker processes (and their children).
 - WAL bytes: `pg_current_wal_lsn()` before and after. This one is cluster-wide:
   on a busy shared server it includes the others' writes.
@@ -37,11 +38,12 @@ _SHARED = ("checkpointer", "background writer", "walwriter", "autovacuum launche
            "archiver", "stats collector", "startup", "wal writer")  # fmt: skip
 
 
-def _postgres_cpu(database: str) -> tuple[dict[int, float], dict[int, float]]:
-    """CPU seconds by pid: (the processes serving `database` and the shared ones, every other backend)."""
+def _postgres_cpu(database: str) -> tuple[dict[int, float], dict[int, float], dict[int, float]]:
+    """CPU seconds by pid: (the processes serving `database`, the shared ones, every other backend)."""
     import psutil
 
     ours: dict[int, float] = {}
+    shared: dict[int, float] = {}
     others: dict[int, float] = {}
     for p in psutil.process_iter(["name", "cmdline", "cpu_times"]):
         try:
@@ -54,11 +56,13 @@ def _postgres_cpu(database: str) -> tuple[dict[int, float], dict[int, float]]:
             continue
         title = cmd.partition("postgres:")[2]
         words = title.split()
-        if not title or database in words or any(s in title for s in _SHARED):
-            ours[p.pid] = seconds  # the postmaster (no title), our backends and autovacuum, the shared ones
+        if database in words:
+            ours[p.pid] = seconds  # its backends and autovacuum workers
+        elif not title or any(s in title for s in _SHARED):
+            shared[p.pid] = seconds  # the postmaster (no title) and the server-wide processes
         else:
             others[p.pid] = seconds
-    return ours, others
+    return ours, shared, others
 
 
 def _tree_cpu(pids: list[int]) -> float:
@@ -103,6 +107,7 @@ class ServerMeter:
         self.database = database
         self.worker_pids = worker_pids
         self.ours = _Span()
+        self.shared = _Span()
         self.others = _Span()
         self.cpu = True
         self.result: dict[str, Any] = {}
@@ -111,11 +116,12 @@ class ServerMeter:
         if not self.cpu:
             return
         try:
-            ours, others = _postgres_cpu(self.database)
+            ours, shared, others = _postgres_cpu(self.database)
         except ImportError:
             self.cpu = False
             return
         self.ours.add(ours, baseline=baseline)
+        self.shared.add(shared, baseline=baseline)
         self.others.add(others, baseline=baseline)
 
     def _xacts(self, admin: psycopg.Connection[Any]) -> tuple[int, int]:
@@ -146,9 +152,11 @@ class ServerMeter:
         self._sample()
         workers = self._workers()
         wal = self.admin.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", [self.lsn_before]).fetchone()
+        ours, shared, others = self.ours.seconds(), self.shared.seconds(), self.others.seconds()
         self.result = {
-            "pg_cpu_s": self.ours.seconds() if self.cpu else None,
-            "pg_cpu_all_s": self.ours.seconds() + self.others.seconds() if self.cpu else None,
+            "pg_cpu_s": ours + shared if self.cpu else None,
+            "pg_db_cpu_s": ours if self.cpu else None,
+            "pg_cpu_all_s": ours + shared + others if self.cpu else None,
             "worker_cpu_s": None if workers is None or self.workers_before is None else workers - self.workers_before,
             "wal_bytes": float(wal[0]) if wal else None,
         }

@@ -231,9 +231,9 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 " machine's cores would all be busy at that CPU per job (PG + worker)."
             )
 
-    lines += ["", f"{'pickup latency (ms)':<{width}}{'p50':>20}{'p95':>20}{'p99':>20}"]
+    lines += ["", f"{'pickup latency (ms)':<{width}}{'p50':>24}{'p95':>24}{'p99':>24}"]
     for n in names:
-        lines.append(f"{n:<{width}}" + "".join(f"{cell('latency', n, k):>20}" for k in ("p50", "p95", "p99")))
+        lines.append(f"{n:<{width}}" + "".join(f"{cell('latency', n, k):>24}" for k in ("p50", "p95", "p99")))
     floor = by.get(("latency", FLOOR.name))
     if floor:
         lines.append(
@@ -328,7 +328,9 @@ def chart(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path) -> None:
         if key == "cpu":
             pg = [med(scenario, "pg_cpu_s", n) for n in names]
             wk = [med(scenario, "worker_cpu_s", n) for n in names]
-            ax.barh(y, pg, color=[c for c, _ in colors], alpha=0.9, label="PostgreSQL")
+            for bar, (_, alpha) in zip(ax.barh(y, pg, color=[c for c, _ in colors], label="PostgreSQL"), colors,
+                                       strict=True):  # fmt: skip
+                bar.set_alpha(alpha)
             bars = ax.barh(y, wk, left=pg, color="#dddddd", edgecolor="#999999", label="worker")
             values = [a + b for a, b in zip(pg, wk, strict=True)]
             ax.legend(fontsize=7, loc="lower right")
