@@ -41,8 +41,8 @@ chaos *ARGS:
 retention *ARGS:
     python -m bench.retention {{ARGS}}
 
-# The benchmark beside Procrastinate, PgQueuer, oban-py and awa (installs the bench extra, and oban-py's own
-# Python >= 3.12 environment, .venv-oban, where one is found). `just bench --quick` for a few minutes.
+# oban-py needs Python >= 3.12: bench.envs makes it bench/.venv-oban where one is found (else its rows are skipped).
+# The benchmark beside Procrastinate, PgQueuer, oban-py and awa (installs the bench extra). `--quick`: a few minutes.
 bench *ARGS:
     pip install -q -e '.[dev,bench]'
     -python -m bench.envs
