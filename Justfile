@@ -47,9 +47,11 @@ chaos *ARGS:
 retention *ARGS:
     python -m bench.retention {{ARGS}}
 
-# The benchmark beside Procrastinate and PgQueuer (installs the bench extra). `just bench --quick` for ~2.5 min.
+# oban-py needs Python >= 3.12: bench.envs makes it bench/.venv-oban where one is found (else its rows are skipped).
+# The benchmark beside Procrastinate, PgQueuer, oban-py and awa (installs the bench extra). `--quick`: a few minutes.
 bench *ARGS:
     pip install -q -e '.[dev,bench]'
+    -python -m bench.envs
     python -m bench.run {{ARGS}}
 
 # Regenerate the sync store (ledger/store.py) from ledger/store_async.py; a test fails when they differ.

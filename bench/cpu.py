@@ -1,12 +1,15 @@
 """Where a drain's time goes: one worker process, its jobs/s and the CPU of the worker and of PostgreSQL.
 
-    python -m bench.cpu ledger 20000          # or pgqueuer_b50, pgqueuer, procrastinate
+    python -m bench.cpu ledger 20000          # any row of bench.harness.SYSTEMS (ledger_default, awa_tuned, ...);
+                                              # the old names too: ledger (= ledger_tuned), pgqueuer_b50, ...
     python -m bench.cpu ledger 60000 spy.txt  # also a py-spy profile of the worker (raw, collapsed stacks)
 
 The drain of `just bench`, measured from the GO line to the last job counted
 done, with every process's CPU time read before and after. A worker and a
 server that are both well below a core each mean the two wait on each other
 (too little in flight); one at a full core means that side is the limit.
+The last line is what `just bench` adds to each drain (bench/cost.py): the
+server's CPU, WAL and transactions per job.
 Needs a PostgreSQL whose processes this user can read (DATABASE_URL, or the
 embedded server) and psutil (the bench extra).
 """
@@ -20,7 +23,8 @@ import time
 import psutil
 import psycopg
 
-from bench.harness import SYSTEMS, go, stop
+from bench.cost import ServerMeter
+from bench.harness import go, stop, system
 from ledger.db import database_url
 
 
@@ -44,10 +48,13 @@ def main() -> None:
     name = sys.argv[1] if len(sys.argv) > 1 else "ledger"
     jobs = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000
     profile = sys.argv[3] if len(sys.argv) > 3 else None
-    system = next(s for s in SYSTEMS if s.name == name)
-    url = system.fresh(database_url())
-    system.call(url, "fill", str(jobs))
-    procs = system.workers(url, 1)
+    peer = system(name)
+    server = database_url()
+    url = peer.fresh(server)
+    peer.call(url, "fill", str(jobs))
+    procs = peer.workers(url, 1)
+    meter = ServerMeter(server, f"bench_{peer.name}", [p.pid for p in procs])
+    polls = 0
     spy = None
     if profile:
         record = ["py-spy", "record", "-p", str(procs[0].pid), "-o", profile, "--format", "raw", "-r", "250"]
@@ -56,12 +63,15 @@ def main() -> None:
         with psycopg.connect(url, autocommit=True) as conn:
             time.sleep(0.5)
             before = cpu_times()
+            meter.start()
             started = time.perf_counter()
             go(procs)
-            while system.done(conn, jobs) < jobs:
+            while peer.done(conn, jobs) < jobs:
+                polls += 1
                 time.sleep(0.01)
             elapsed = time.perf_counter() - started
             after = cpu_times()
+            meter.stop()
     finally:
         if spy:
             spy.send_signal(2)
@@ -71,7 +81,13 @@ def main() -> None:
     for key, seconds in after.items():
         used[key[0]] = used.get(key[0], 0.0) + seconds - before.get(key, 0.0)
     split = ", ".join(f"{role} {s:.2f} cpu-s ({s / elapsed:.0%} of a core)" for role, s in sorted(used.items()))
-    print(f"{name}: {jobs / elapsed:,.0f} jobs/s ({jobs:,} in {elapsed:.2f}s); {split}")
+    print(f"{peer.name}: {jobs / elapsed:,.0f} jobs/s ({jobs:,} in {elapsed:.2f}s); {split}")
+    cost = meter.finish(own_statements=polls + 1)
+    pg = f"{cost['pg_cpu_s'] / jobs * 1e6:,.0f} us" if cost["pg_cpu_s"] is not None else "-"
+    print(
+        f"per job: PostgreSQL CPU {pg} (its database and shared processes), WAL {cost['wal_bytes'] / jobs:,.0f} B,"
+        f" {cost['xact_commit'] / jobs:.3f} commits"
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from bench.harness import SYSTEMS
+from bench.harness import system
 from bench.peers.ledger_peer import registry
 from ledger.client import prepare
 from ledger.db import database_url
@@ -70,7 +70,7 @@ def main() -> None:
     jobs = [{"kind": "noop"}] * N
     client_ms = _median([_ms(lambda: enqueue_params(prepare(registry, jobs), None)) for _ in range(reps)])
 
-    urls = {s.name: s.fresh(server) for s in SYSTEMS if s.name in ("ledger", "pgqueuer")}
+    urls = {name: system(name).fresh(server) for name in ("ledger", "pgqueuer")}
     statements = {"ledger": LEDGER, "pgqueuer": _pgqueuer_statement()}
     conns = {name: psycopg.connect(url, autocommit=True) for name, url in urls.items()}
     server_ms: dict[str, list[float]] = {name: [] for name in conns}

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 
 from bench import history
-from bench.harness import SYSTEMS
+from bench.harness import system
 from ledger.db import connect, database_url
 from ledger.retention import prune
 from ledger.store import Store
@@ -65,7 +65,7 @@ def pauses_during(url: str, work: threading.Event) -> tuple[list[float], threadi
 
 
 def scenario(server: str, jobs: int, partition_size: int, dead_every: int) -> list[str]:
-    ledger_sys = next(s for s in SYSTEMS if s.name == "ledger")
+    ledger_sys = system("ledger")
     url = ledger_sys.fresh(server)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE ledger.events_partitioning SET size = %s", [partition_size])

@@ -74,9 +74,11 @@ class Peer:
     def __init__(self, **verbs: Callable[..., Awaitable[None]]) -> None:
         self.verbs = verbs
 
-    def main(self) -> None:
+    def main(self, worker_loop: Callable[[Any], Any] = asyncio.run) -> None:
+        """Run one verb; `worker_loop` runs the worker (uvloop.run where a system's own CLI does that)."""
         verb, *args = sys.argv[1:]
-        asyncio.run(self.verbs[verb.replace("-", "_")](*args))
+        run = worker_loop if verb == "worker" else asyncio.run
+        run(self.verbs[verb.replace("-", "_")](*args))
 
 
 def chunks(n: int, size: int = 5000) -> list[int]:

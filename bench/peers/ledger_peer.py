@@ -66,11 +66,15 @@ async def fill(n: str) -> None:
     await c.close()
 
 
-async def worker(concurrency: str, cycles: str = "2") -> None:
-    config = WorkerConfig(
-        queues=f"default={concurrency}", cycles=int(cycles), poll_interval=1.0,
-        heartbeat_every=3600, rescue_every=3600, retention="off", id="bench",
-    )  # fmt: skip
+async def worker(concurrency: str = "", cycles: str = "2") -> None:
+    """No arguments: WorkerConfig's defaults, what `just worker` starts; else the bench's tuned settings."""
+    if not concurrency:
+        config = WorkerConfig(id="bench")
+    else:
+        config = WorkerConfig(
+            queues=f"default={concurrency}", cycles=int(cycles), poll_interval=1.0,
+            heartbeat_every=3600, rescue_every=3600, retention="off", id="bench",
+        )  # fmt: skip
     setup_logging()  # INFO: start-up and the "worker stopped" line with cycle statistics
     w = Worker(config, registry, DATABASE_URL)
     await wait_for_go()

@@ -1,7 +1,13 @@
-"""PgQueuer 1.6 as a benchmark peer, with the asyncpg driver and its own benchmark's defaults.
+"""PgQueuer 1.6 as a benchmark peer, with the asyncpg driver.
 
-Its tools/benchmark.py drains with 5 QueueManagers (one asyncpg connection
-each) and batch_size 10; the worker verb takes both numbers.
+    worker MANAGERS BATCH    MANAGERS PgQueuer instances (one asyncpg connection each), each
+                             run with batch_size BATCH
+
+`pgq run module:factory`, the way its documentation starts a worker, runs one
+PgQueuer with `run()`'s defaults (batch_size 10) under uvloop when uvloop is
+installed (it is a dependency of pgqueuer 1.6); the worker here does the same.
+Its own tools/benchmark.py drains with 5 instances; bigger batches raise its
+rate further (the tuned row).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import asyncio
 import time
 
 import asyncpg
+import uvloop
 from pgqueuer import PgQueuer
 from pgqueuer.db import AsyncpgDriver
 from pgqueuer.models import Job
@@ -83,4 +90,4 @@ async def latency(n: str, gap_ms: str) -> None:
 
 if __name__ == "__main__":
     Peer(setup=setup, enqueue_single=enqueue_single, enqueue_batch=enqueue_batch, fill=fill, worker=worker,
-         latency=latency).main()  # fmt: skip
+         latency=latency).main(worker_loop=uvloop.run)  # fmt: skip

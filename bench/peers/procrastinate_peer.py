@@ -1,4 +1,11 @@
-"""Procrastinate 3.10 as a benchmark peer: PsycopgConnector, async tasks, LISTEN/NOTIFY on (its default)."""
+"""Procrastinate 3.10 as a benchmark peer: PsycopgConnector, async tasks, LISTEN/NOTIFY on (its default).
+
+    worker CONCURRENCY [POOL]   CONCURRENCY sub-workers; POOL the connector's pool size
+                                (psycopg_pool's default when absent: 4 connections)
+
+Its docs ("Mind the size of your PostgreSQL pool") ask, for short jobs, for a
+pool of as many connections as the concurrency plus one: the tuned row's POOL.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,13 @@ import procrastinate
 
 from bench.peers.common import DATABASE_URL, Peer, chunks, latency_probe, ping, timed, wait_for_go
 
-app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=DATABASE_URL))
+
+def make_app(pool: int | None = None) -> procrastinate.App:
+    sizes = {} if pool is None else {"min_size": pool, "max_size": pool}
+    return procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=DATABASE_URL, **sizes))
+
+
+app = make_app()
 
 
 @app.task(name="noop")
@@ -49,10 +62,11 @@ async def fill(n: str) -> None:
             await noop.batch_defer_async(*([{}] * size))
 
 
-async def worker(concurrency: str) -> None:
-    async with app.open_async():
+async def worker(concurrency: str, pool: str = "") -> None:
+    worker_app = app if not pool else app.with_connector(make_app(int(pool)).connector)
+    async with worker_app.open_async():
         await wait_for_go()
-        await app.run_worker_async(concurrency=int(concurrency), wait=True)
+        await worker_app.run_worker_async(concurrency=int(concurrency), wait=True)
 
 
 async def latency(n: str, gap_ms: str) -> None:
