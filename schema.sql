@@ -127,7 +127,10 @@ CREATE TABLE ledger.jobs (
     finalized_at  timestamptz,
     updated_at    timestamptz NOT NULL,
     version       int NOT NULL,
-    head          bytea NOT NULL  -- the hash of the job's latest event: where its chain continues
+    head          bytea NOT NULL,  -- the hash of the job's latest event: where its chain continues
+    -- The limit this job counts against, `<scope>|<key>` (ledger.limits), set at
+    -- enqueue from the limits then declared; NULL: no limit, the claim's fast path.
+    limit_key     text
 ) WITH (
     fillfactor = 80,
     -- A queue table churns: every claim and completion leaves a dead tuple and
@@ -201,6 +204,50 @@ CREATE TABLE ledger.roles (
     access  text NOT NULL CHECK (access IN ('app', 'readonly'))
 );
 
+-- ---------------------------------------------------------------- flow control
+-- Pausing a queue is recorded like everything else: an append-only log of
+-- who paused or resumed which queue, when and why (queue_events), and its
+-- projection (queue_state), which the claim reads.
+CREATE TABLE ledger.queue_events (
+    position  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue     text NOT NULL,
+    type      text NOT NULL CHECK (type IN ('paused', 'resumed')),
+    at        timestamptz NOT NULL DEFAULT now(),
+    by        text,
+    reason    text
+);
+CREATE TABLE ledger.queue_state (
+    queue       text PRIMARY KEY,
+    paused      boolean NOT NULL,
+    changed_at  timestamptz NOT NULL,
+    changed_by  text,
+    reason      text
+);
+
+-- Limits across the whole fleet, enforced in the claim: at most
+-- `concurrency` jobs running at once and at most `rate` starts in any window
+-- of length `per`, per key. The scope is `kind:<kind>` or `queue:<queue>`
+-- (a kind's limit applies before its queue's); the key is the args value at
+-- key_path (NULL: one key for the whole scope). Jobs carry their
+-- `<scope>|<key>` in jobs.limit_key from the enqueue on.
+CREATE TABLE ledger.limits (
+    scope        text PRIMARY KEY CHECK (scope ~ '^(kind|queue):[A-Za-z0-9_.:-]+$'),
+    concurrency  int CHECK (concurrency >= 1),
+    rate         int CHECK (rate >= 1),
+    per          interval CHECK (per > interval '0'),
+    key_path     text[],
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    CHECK (concurrency IS NOT NULL OR rate IS NOT NULL),
+    CHECK ((rate IS NULL) = (per IS NULL))
+);
+
+-- The latest starts of each rate-limited key, newest last, at most `rate`
+-- of them: enough to tell whether any window of length `per` is full.
+CREATE TABLE ledger.limit_starts (
+    limit_key  text PRIMARY KEY,
+    starts     timestamptz[] NOT NULL
+);
+
 -- ---------------------------------------------------------------- web sessions
 -- The web app's own state, shared by all its processes: who is signed in to
 -- the dashboard, and who keeps guessing the API token. Both are here rather
@@ -241,6 +288,11 @@ CREATE INDEX jobs_claim_idx ON ledger.jobs (queue, priority, run_at, id)
     WHERE state IN ('available', 'scheduled', 'retryable');
 -- The rescue and the running counts: running jobs by queue and worker.
 CREATE INDEX jobs_running_idx ON ledger.jobs (queue, worker) WHERE state = 'running';
+-- Limits (ledger._claim_limited): which due jobs of a queue are limited, and how
+-- many of a key run. Only limited jobs have entries, so the rest pay nothing.
+CREATE INDEX jobs_limited_idx ON ledger.jobs (queue) WHERE limit_key IS NOT NULL
+    AND state IN ('available', 'scheduled', 'retryable');
+CREATE INDEX jobs_limited_running_idx ON ledger.jobs (limit_key) WHERE limit_key IS NOT NULL AND state = 'running';
 -- No index on state alone: every transition changes state, so such an index
 -- would take two more writes per job on the hot path. Counts of waiting and
 -- running jobs use the two partial indexes above; listings walk the primary key.
@@ -255,8 +307,17 @@ CREATE INDEX discarded_at_idx ON ledger.discarded (discarded_at DESC, job_id DES
 
 CREATE VIEW ledger.read_jobs AS
     SELECT id, kind, queue, priority, args, state, attempt, max_attempts, run_at, last_error, worker,
-           created_at, attempted_at, finalized_at, updated_at, version
+           created_at, attempted_at, finalized_at, updated_at, version, limit_key
     FROM ledger.jobs;
+
+CREATE VIEW ledger.read_queue_events AS
+    SELECT position, queue, type, at, by, reason FROM ledger.queue_events;
+
+CREATE VIEW ledger.read_queue_state AS
+    SELECT queue, paused, changed_at, changed_by, reason FROM ledger.queue_state;
+
+CREATE VIEW ledger.read_limits AS
+    SELECT scope, concurrency, rate, per, key_path, updated_at FROM ledger.limits;
 
 CREATE VIEW ledger.read_events AS
     SELECT position, job_id, version, type, at, data, metadata, hash FROM ledger.events;
@@ -332,6 +393,7 @@ BEGIN
         j.run_at := (e.data->>'run_at')::timestamptz;
         j.state := CASE WHEN j.run_at <= e.at THEN 'available' ELSE 'scheduled' END;
         j.created_at := e.at;
+        j.limit_key := e.data->>'limit_key';
     ELSIF e.type = 'started' THEN
         IF j.state NOT IN ('available', 'scheduled', 'retryable') THEN
             PERFORM ledger._refuse(j, e.type, '{available,scheduled,retryable}');
@@ -465,7 +527,8 @@ BEGIN
     ELSIF j.state = 'discarded' THEN
         DELETE FROM ledger.discarded WHERE discarded.job_id = n.id;
     END IF;
-    IF n.state IN ('available', 'scheduled', 'retryable') AND n.run_at <= now() THEN
+    IF (n.state IN ('available', 'scheduled', 'retryable') AND n.run_at <= now())
+       OR (j.state = 'running' AND n.limit_key IS NOT NULL) THEN  -- work, or a limit's slot, is free
         PERFORM pg_notify('ledger.' || n.queue, '');
     END IF;
     RETURN n;
@@ -495,6 +558,17 @@ RETURNS text LANGUAGE sql STABLE AS $$
     END
 $$;
 
+-- The limit a new job of `kind` in `queue` with `args` counts against:
+-- `<scope>|<key>`, the kind's limit before the queue's, or NULL.
+CREATE FUNCTION ledger._limit_key(kind text, queue text, args jsonb)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT l.scope || '|' || coalesce(args #>> l.key_path, '')
+    FROM ledger.limits l
+    WHERE l.scope IN ('kind:' || kind, 'queue:' || queue)
+    ORDER BY l.scope LIKE 'kind:%' DESC
+    LIMIT 1
+$$;
+
 -- Enqueue many jobs in one statement (arrays of equal length; NULL run_at
 -- means now). Returns the new ids in input order. All rows are checked
 -- first, in one set-based pass (ledger._enqueue_problem), so one bad row
@@ -519,6 +593,8 @@ DECLARE
     n int := coalesce(cardinality(kinds), 0);
     upto bigint := (SELECT last_value FROM ledger.job_id_seq) + n;
     problem text;
+    -- With no limit declared anywhere, no row looks one up (CASE short-circuits).
+    limited boolean := EXISTS (SELECT 1 FROM ledger.limits);
 BEGIN
     -- unnest would pad short arrays with NULLs.
     IF n <> coalesce(cardinality(args), 0) OR n <> coalesce(cardinality(queues), 0)
@@ -543,7 +619,8 @@ BEGIN
     RETURN QUERY
     WITH input AS MATERIALIZED (
         SELECT nextval('ledger.job_id_seq') AS id, t.k, t.a, t.q, t.p, t.m,
-               coalesce(t.r, now()) AS r, t.ord
+               coalesce(t.r, now()) AS r, t.ord,
+               CASE WHEN limited THEN ledger._limit_key(t.k, t.q, t.a) END AS lk
         FROM unnest(kinds, args, queues, priorities, max_attempts, run_ats)
              WITH ORDINALITY AS t(k, a, q, p, m, r, ord)
         ORDER BY t.ord
@@ -551,13 +628,14 @@ BEGIN
         SELECT i.*, ledger.event_hash(NULL, i.id, 1, 'enqueued', now(), i.d, i.meta) AS h
         FROM (SELECT input.*, coalesce(job_enqueue_many.metadata, '{}') AS meta,
                      jsonb_build_object('kind', k, 'queue', q, 'priority', p, 'args', a,
-                                        'max_attempts', m, 'run_at', r) AS d
+                                        'max_attempts', m, 'run_at', r)
+                     || CASE WHEN lk IS NULL THEN '{}' ELSE jsonb_build_object('limit_key', lk) END AS d
               FROM input) AS i
     ), new_jobs AS (
         INSERT INTO ledger.jobs
         SELECT id, k, q, p, a,
                CASE WHEN r <= now() THEN 'available' ELSE 'scheduled' END::ledger.job_state,
-               0, m, r, NULL, NULL, now(), NULL, NULL, now(), 1, h
+               0, m, r, NULL, NULL, now(), NULL, NULL, now(), 1, h, lk
         FROM enqueued
     ), new_events AS (
         INSERT INTO ledger.events (job_id, version, type, at, data, metadata, hash)
@@ -623,6 +701,97 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM ledger.workers WHERE id = worker
 $$;
 
+-- How many more jobs of limit key `key` may start now: the concurrency
+-- left (its limit less its running jobs) and the rate left (its limit less
+-- its starts in the last `per`), whichever is smaller. Called with the key's
+-- advisory lock held, in a statement of its own, so it sees every claim of
+-- the key that committed before the lock was granted. A limit since removed
+-- is no limit.
+CREATE FUNCTION ledger._limit_room(key text)
+RETURNS int LANGUAGE sql STABLE AS $$
+    SELECT coalesce(least(
+        l.concurrency - (SELECT count(*) FROM ledger.jobs j WHERE j.limit_key = key AND j.state = 'running'),
+        l.rate - (SELECT count(*) FROM ledger.limit_starts s, unnest(s.starts) AS t(at)
+                  WHERE s.limit_key = key AND t.at > now() - l.per)
+    ), 2147483647)::int
+    FROM (SELECT NULL) AS one LEFT JOIN ledger.limits l ON l.scope = split_part(key, '|', 1)
+$$;
+
+-- The limited path of the claim: up to `n` due jobs of `queue`, in claim
+-- order, skipping a job whose limit key has no room (its job waits, spends
+-- no attempt, and holds up no other key). Each key met is locked
+-- (pg_try_advisory_xact_lock, until the claim commits) before its room is
+-- counted, so racing claims of one key take turns and no worker count or
+-- race can exceed a limit; a key another claim holds is skipped like a
+-- locked row (SKIP LOCKED's rule), so claims never wait on each other and
+-- never deadlock. A pass that finds a key full asks again without it, so a
+-- full key at the head of the queue does not starve the rest. The starts of
+-- rate-limited keys are recorded here. Returns the chosen ids, locked;
+-- job_claim claims exactly those.
+CREATE FUNCTION ledger._claim_limited(queue text, n int, kinds text[])
+RETURNS bigint[] LANGUAGE plpgsql AS $$
+DECLARE
+    taken bigint[] := '{}';
+    full_keys text[] := '{}';
+    room jsonb := '{}';  -- key -> room left in this claim
+    r record;
+    asked int;
+    got int;
+    filled boolean;
+    left_ int;
+BEGIN
+    LOOP
+        asked := n - cardinality(taken);
+        got := 0;
+        filled := false;
+        FOR r IN
+            SELECT j.id, j.limit_key FROM ledger.jobs j
+            WHERE j.state IN ('available', 'scheduled', 'retryable')
+              AND j.queue = _claim_limited.queue AND j.run_at <= now()
+              AND (kinds IS NULL OR j.kind = ANY (kinds))
+              AND NOT (j.id = ANY (taken))
+              AND (j.limit_key IS NULL OR NOT (j.limit_key = ANY (full_keys)))
+            ORDER BY j.priority, j.run_at, j.id
+            LIMIT asked
+            FOR UPDATE SKIP LOCKED
+        LOOP
+            got := got + 1;
+            IF r.limit_key IS NOT NULL THEN
+                IF NOT room ? r.limit_key THEN
+                    -- Lock, then count in a statement of its own: its snapshot is taken
+                    -- after the lock, so it sees the claim that held the key before us.
+                    IF pg_try_advisory_xact_lock(hashtextextended(r.limit_key, 1835366)) THEN
+                        room := room || jsonb_build_object(r.limit_key, ledger._limit_room(r.limit_key));
+                    ELSE
+                        room := room || jsonb_build_object(r.limit_key, 0);
+                    END IF;
+                END IF;
+                left_ := (room ->> r.limit_key)::int;
+                IF left_ <= 0 THEN
+                    full_keys := full_keys || r.limit_key;
+                    filled := true;
+                    CONTINUE;
+                END IF;
+                room := room || jsonb_build_object(r.limit_key, left_ - 1);
+            END IF;
+            taken := taken || r.id;
+        END LOOP;
+        -- Done when n are taken, the queue ran out, or a pass skipped nothing.
+        EXIT WHEN cardinality(taken) >= n OR got < asked OR NOT filled;
+    END LOOP;
+    -- The starts of rate-limited keys, newest last, `rate` of them kept.
+    INSERT INTO ledger.limit_starts AS s (limit_key, starts)
+    SELECT c.limit_key, array_fill(now(), ARRAY[c.k])
+    FROM (SELECT j.limit_key, count(*)::int AS k FROM ledger.jobs j
+          WHERE j.id = ANY (taken) AND j.limit_key IS NOT NULL GROUP BY j.limit_key) AS c
+    JOIN ledger.limits l ON l.scope = split_part(c.limit_key, '|', 1) AND l.rate IS NOT NULL
+    ON CONFLICT (limit_key) DO UPDATE
+    SET starts = (SELECT array_agg(t.at ORDER BY t.at) FROM (
+        SELECT u.at FROM unnest(s.starts || excluded.starts) AS u(at) ORDER BY u.at DESC
+        LIMIT (SELECT l2.rate FROM ledger.limits l2 WHERE l2.scope = split_part(s.limit_key, '|', 1))) AS t);
+    RETURN taken;
+END $$;
+
 -- Claim up to `n` due jobs of `queue` for `worker`, by priority then run
 -- time. SKIP LOCKED lets many workers claim at once without waiting on each
 -- other or taking the same row; each claimed job gets a `started` event.
@@ -646,9 +815,22 @@ CREATE FUNCTION ledger.job_claim(
     kinds text[] DEFAULT NULL
 ) RETURNS SETOF ledger.read_jobs LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ids bigint[];  -- the limited path's choice; NULL: the first n due, as the index walks them
 BEGIN
     INSERT INTO ledger.workers (id, heartbeat_at, expires_at) VALUES (worker, now(), now() + lease)
     ON CONFLICT (id) DO NOTHING;
+    -- A paused queue gives nothing: a pause reaches every worker at its next claim.
+    IF EXISTS (SELECT 1 FROM ledger.queue_state s WHERE s.queue = job_claim.queue AND s.paused) THEN
+        RETURN;
+    END IF;
+    -- Limited jobs due in this queue: choose under the limits (two probes of
+    -- near-empty indexes when there are none, so the limits cost nothing unused).
+    IF EXISTS (SELECT 1 FROM ledger.jobs j
+               WHERE j.limit_key IS NOT NULL AND j.state IN ('available', 'scheduled', 'retryable')
+                 AND j.queue = job_claim.queue AND j.run_at <= now()) THEN
+        ids := ledger._claim_limited(queue, n, kinds);
+    END IF;
     RETURN QUERY
     WITH picked AS (
         SELECT j.id, j.version + 1 AS v, j.head,
@@ -657,6 +839,7 @@ BEGIN
         WHERE j.state IN ('available', 'scheduled', 'retryable')
           AND j.queue = job_claim.queue AND j.run_at <= now()
           AND (job_claim.kinds IS NULL OR j.kind = ANY (job_claim.kinds))
+          AND (ids IS NULL OR j.id = ANY (ids))
         ORDER BY j.priority, j.run_at, j.id
         LIMIT n
         FOR UPDATE SKIP LOCKED
@@ -675,7 +858,8 @@ BEGIN
         FROM started s
     )
     SELECT c.id, c.kind, c.queue, c.priority, c.args, c.state, c.attempt, c.max_attempts, c.run_at,
-           c.last_error, c.worker, c.created_at, c.attempted_at, c.finalized_at, c.updated_at, c.version
+           c.last_error, c.worker, c.created_at, c.attempted_at, c.finalized_at, c.updated_at, c.version,
+           c.limit_key
     FROM claimed c ORDER BY c.priority, c.run_at, c.id;
 END $$;
 
@@ -725,6 +909,9 @@ BEGIN
         INSERT INTO ledger.events (job_id, version, type, at, data, metadata, hash)
         SELECT l.id, l.v, 'succeeded', now(), '{}', l.m, l.h
         FROM hashed l
+    ), freed AS (  -- a limit's slot is free: wake its queue's workers
+        SELECT count(pg_notify('ledger.' || q.queue, '')) FROM (
+            SELECT DISTINCT j.queue FROM ledger.jobs j JOIN done d ON d.id = j.id WHERE j.limit_key IS NOT NULL) AS q
     )
     SELECT i.id, d.id IS NOT NULL FROM input i LEFT JOIN done d ON d.id = i.id;
 END $$;
@@ -1082,7 +1269,8 @@ RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     api text[] := ARRAY['job_enqueue_many', 'job_enqueue', 'job_claim', 'job_succeed', 'job_succeed_many',
                         'job_fail', 'job_cancel', 'job_stop', 'job_snooze', 'job_replay', 'job_rescue',
-                        'periodic_enqueue', 'worker_heartbeat', 'worker_stop', 'events_prune_partition'];
+                        'periodic_enqueue', 'worker_heartbeat', 'worker_stop', 'events_prune_partition',
+                        'queue_set_paused', 'limit_set', 'limit_clear'];
     -- Reads, and the web app's own state (sessions, the sign-in throttle), which a
     -- dashboard served by the read-only role needs too; neither touches a job.
     reads text[] := ARRAY['job_counts', 'kinds_unserved', 'projections_diff', 'metrics_refresh', 'events_appended',
@@ -1090,7 +1278,7 @@ DECLARE
                           'web_session_start', 'web_session_check', 'web_session_end',
                           'web_auth_wait', 'web_auth_fail', 'web_auth_forgive'];
     views text[] := ARRAY['read_jobs', 'read_events', 'read_discarded', 'read_metrics', 'read_partitions',
-                          'read_schema_versions'];
+                          'read_schema_versions', 'read_queue_events', 'read_queue_state', 'read_limits'];
     r ledger.roles;
     f regprocedure;
     v text;
@@ -1117,10 +1305,85 @@ END $$;
 CREATE FUNCTION ledger._events_append_only()
 RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION 'ledger.events is append-only: % is refused; history is never rewritten', TG_OP
+    RAISE EXCEPTION 'ledger.% is append-only: % is refused; history is never rewritten', TG_TABLE_NAME, TG_OP
         USING ERRCODE = 'LG005',
               HINT = 'change a job through the ledger.job_* functions, which append events';
 END $$;
+
+-- ---------------------------------------------------------------- flow control
+
+-- Pause (paused => true) or resume a queue: one queue_events row saying who
+-- and why, and the queue_state the claim reads. Running jobs finish; no
+-- worker claims the queue from its next claim on; enqueueing still works. A
+-- resume wakes the queue's workers. Pausing a paused queue records the new
+-- reason (and who); resuming a running one is refused.
+CREATE FUNCTION ledger.queue_set_paused(queue text, paused boolean, actor text DEFAULT NULL, reason text DEFAULT NULL)
+RETURNS ledger.queue_state LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q ledger.queue_state;
+BEGIN
+    IF queue IS NULL OR length(queue) > 50 OR queue !~ '^[A-Za-z0-9_.:-]+$' THEN
+        RAISE EXCEPTION 'queue %: must be 1-50 letters, digits, or _ . : -', quote_nullable(queue) USING ERRCODE = 'LG004';
+    END IF;
+    SELECT * INTO q FROM ledger.queue_state s WHERE s.queue = queue_set_paused.queue FOR UPDATE;
+    IF NOT paused AND NOT coalesce(q.paused, false) THEN
+        RAISE EXCEPTION 'queue % is not paused; only a paused queue can be resumed', queue USING ERRCODE = 'LG001';
+    END IF;
+    INSERT INTO ledger.queue_events (queue, type, by, reason)
+    VALUES (queue, CASE WHEN paused THEN 'paused' ELSE 'resumed' END, coalesce(actor, session_user::text), reason);
+    INSERT INTO ledger.queue_state AS s (queue, paused, changed_at, changed_by, reason)
+    VALUES (queue, paused, now(), coalesce(actor, session_user::text), reason)
+    ON CONFLICT ON CONSTRAINT queue_state_pkey DO UPDATE
+    SET paused = excluded.paused, changed_at = excluded.changed_at, changed_by = excluded.changed_by,
+        reason = excluded.reason
+    RETURNING * INTO q;
+    IF NOT paused THEN
+        PERFORM pg_notify('ledger.' || queue, '');
+    END IF;
+    RETURN q;
+END $$;
+
+-- Declare (or change) the limit of a scope (`kind:<kind>` or
+-- `queue:<queue>`): at most `concurrency` running at once and/or `rate`
+-- starts per `per`, per key (the args value at key_path; NULL: one key).
+-- It applies to jobs enqueued from now on; the claim enforces it. Workers
+-- declare their kinds' limits at start; operators may set any scope's.
+CREATE FUNCTION ledger.limit_set(
+    scope text, concurrency int DEFAULT NULL, rate int DEFAULT NULL, per interval DEFAULT NULL,
+    key_path text[] DEFAULT NULL
+) RETURNS ledger.limits LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    l ledger.limits;
+BEGIN
+    IF scope IS NULL OR scope !~ '^(kind|queue):[A-Za-z0-9_.:-]+$' THEN
+        RAISE EXCEPTION 'scope %: must be kind:<kind> or queue:<queue>', quote_nullable(scope) USING ERRCODE = 'LG004';
+    ELSIF concurrency IS NULL AND rate IS NULL THEN
+        RAISE EXCEPTION 'concurrency: a limit needs a concurrency, a rate, or both' USING ERRCODE = 'LG004';
+    ELSIF concurrency < 1 THEN
+        RAISE EXCEPTION 'concurrency %: must be at least 1', concurrency USING ERRCODE = 'LG004';
+    ELSIF rate < 1 OR (rate IS NULL) <> (per IS NULL) OR per <= interval '0' THEN
+        RAISE EXCEPTION 'rate: give a rate of at least 1 with a period longer than zero (60 per 1 minute)'
+            USING ERRCODE = 'LG004';
+    END IF;
+    INSERT INTO ledger.limits AS x (scope, concurrency, rate, per, key_path, updated_at)
+    VALUES (scope, concurrency, rate, per, key_path, now())
+    ON CONFLICT ON CONSTRAINT limits_pkey DO UPDATE
+    SET concurrency = excluded.concurrency, rate = excluded.rate, per = excluded.per,
+        key_path = excluded.key_path, updated_at = now()
+    RETURNING * INTO l;
+    RETURN l;
+END $$;
+
+-- Remove a scope's limit: its jobs keep their key but nothing holds them
+-- back (ledger._limit_room finds no limit). True when there was one.
+CREATE FUNCTION ledger.limit_clear(scope text)
+RETURNS boolean LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH gone AS (DELETE FROM ledger.limits l WHERE l.scope = limit_clear.scope RETURNING 1)
+    SELECT count(*) > 0 FROM gone
+$$;
 
 -- ---------------------------------------------------------------- web sessions
 -- The web app calls these through its store (web/sessions.py, web/throttle.py);
@@ -1346,6 +1609,10 @@ END $$;
 CREATE TRIGGER events_no_update_delete BEFORE UPDATE OR DELETE ON ledger.events
     FOR EACH ROW EXECUTE FUNCTION ledger._events_append_only();
 CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON ledger.events
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger._events_append_only();
+CREATE TRIGGER queue_events_no_update_delete BEFORE UPDATE OR DELETE ON ledger.queue_events
+    FOR EACH ROW EXECUTE FUNCTION ledger._events_append_only();
+CREATE TRIGGER queue_events_no_truncate BEFORE TRUNCATE ON ledger.queue_events
     FOR EACH STATEMENT EXECUTE FUNCTION ledger._events_append_only();
 
 -- ---------------------------------------------------------------- partitions

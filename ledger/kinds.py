@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, Vali
 
 from . import defaults
 from .errors import InvalidArguments, UnknownKind
-from .models import Job
+from .models import Job, Limit
 from .retry_policy import Backoff
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "JobDiscard",
     "JobSnooze",
     "Kind",
+    "Limit",
     "NoArgs",
     "Periodic",
     "PruneArgs",
@@ -120,6 +121,8 @@ class Kind(Generic[A]):
     """Seconds an attempt may run before it is cancelled and counted as failed."""
     backoff: Backoff | None = None
     """Seconds to wait after failed attempt n; None uses ledger/retry_policy.py's default."""
+    limit: Limit | None = None
+    """At most so many running at once / starting per period, across the fleet (declared by its workers)."""
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,7 @@ class Registry:
     kinds: dict[str, Kind[Any]] = field(default_factory=dict)
     periodic_jobs: dict[str, Periodic] = field(default_factory=dict)
     error_hooks: list[ErrorHook] = field(default_factory=list)
+    queue_limits: dict[str, Limit] = field(default_factory=dict)
 
     def add(self, kind: Kind[Any]) -> Kind[Any]:
         if kind.name in self.kinds and self.kinds[kind.name] != kind:
@@ -194,14 +198,24 @@ class Registry:
         max_attempts: int = defaults.MAX_ATTEMPTS,
         timeout: float = defaults.TIMEOUT,
         backoff: Backoff | None = None,
+        limit: Limit | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator registering a handler as the work of kind `name`."""
 
         def register(handler: Handler) -> Handler:
-            self.add(Kind(name, args, handler, queue, priority, max_attempts, timeout, backoff))
+            self.add(Kind(name, args, handler, queue, priority, max_attempts, timeout, backoff, limit))
             return handler
 
         return register
+
+    def queue_limit(self, queue: str, limit: Limit) -> None:
+        """A limit on every job of `queue` (a kind's own limit applies before it); declared by workers."""
+        self.queue_limits[queue] = limit
+
+    def limits(self) -> dict[str, Limit]:
+        """Every limit this registry declares, by scope (`kind:<kind>`, `queue:<queue>`)."""
+        declared = {f"kind:{k.name}": k.limit for k in self.kinds.values() if k.limit is not None}
+        return {**declared, **{f"queue:{q}": limit for q, limit in self.queue_limits.items()}}
 
     def periodic(
         self, kind: str, every: timedelta, *, args: dict[str, Any] | None = None, name: str | None = None
@@ -263,6 +277,7 @@ class Registry:
             {**self.kinds, **{k.name: k for k in kinds}},
             {**self.periodic_jobs, **{p.name: p for p in periodic}},
             self.error_hooks,
+            self.queue_limits,
         )
 
 

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, NotRequired
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, model_validator
 from typing_extensions import TypedDict
 
 from .states import EventType, JobState
 
-__all__ = ["DiscardedJob", "Event", "Job", "JobCount", "JobRequest", "Partition", "job_rows"]
+__all__ = [
+    "DiscardedJob",
+    "Event",
+    "Job",
+    "JobCount",
+    "JobRequest",
+    "Limit",
+    "LimitRow",
+    "Partition",
+    "QueueState",
+    "job_rows",
+]
 
 # The enqueue rules, for Python's types and the OpenAPI document (web/openapi.py
 # derives it from JobRequest). schema.sql's ledger._enqueue_problem states them
@@ -74,6 +85,8 @@ class Job(BaseModel):
     finalized_at: datetime | None
     updated_at: datetime
     version: int
+    limit_key: str | None = None
+    """The limit this job counts against, `<scope>|<key>` (ledger.limits), or None."""
 
 
 class Event(BaseModel):
@@ -116,6 +129,57 @@ class JobCount(BaseModel):
     queue: str
     count: int
     exact: bool
+
+
+class QueueState(BaseModel):
+    """A queue an operator paused or resumed (ledger.queue_state)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queue: str
+    paused: bool
+    changed_at: datetime
+    changed_by: str | None
+    reason: str | None
+
+
+class Limit(BaseModel):
+    """A limit across the whole fleet, enforced in the claim: at most `concurrency` jobs running at
+    once and/or at most `rate` starts in any window of length `per`, per `key` — a field of the
+    args, dotted for a nested one (`customer.id`); None: one key for all. Jobs over a limit wait;
+    they neither fail nor spend an attempt, and other keys are not held up behind them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    concurrency: int | None = Field(default=None, ge=1)
+    rate: int | None = Field(default=None, ge=1)
+    per: timedelta | None = None
+    key: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _complete(self) -> Limit:
+        if self.concurrency is None and self.rate is None:
+            raise ValueError("a limit needs a concurrency, a rate, or both")
+        if (self.rate is None) != (self.per is None) or (self.per is not None and self.per <= timedelta(0)):
+            raise ValueError("a rate needs a period longer than zero (rate=60, per=timedelta(minutes=1))")
+        return self
+
+    @property
+    def key_path(self) -> list[str] | None:
+        return self.key.split(".") if self.key else None
+
+
+class LimitRow(BaseModel):
+    """A declared limit as the database holds it (ledger.limits): `kind:<kind>` or `queue:<queue>`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    scope: str
+    concurrency: int | None
+    rate: int | None
+    per: timedelta | None
+    key_path: list[str] | None
+    updated_at: datetime
 
 
 class Partition(BaseModel):

@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 from .defaults import LEASE
 from .errors import refusals
-from .models import DiscardedJob, Event, Job, JobCount, Partition, job_rows
+from .models import DiscardedJob, Event, Job, JobCount, Limit, LimitRow, Partition, QueueState, job_rows
 from .queries import query
 from .statements import Cycle, EnqueueRow, Success, claim_params, command_params, enqueue_params, succeed_params
 
@@ -325,6 +325,34 @@ class Store:
     def events_verify(self) -> list[DictRow]:
         """(job_id, version, problem) wherever a history disagrees with its hash chain; empty when untouched."""
         return self._rows("events_verify")
+
+    # ------------------------------------------------------------ flow control
+
+    def queue_set_paused(
+        self, queue: str, paused: bool, *, actor: str | None = None, reason: str | None = None
+    ) -> QueueState:
+        """Pause or resume a queue for the whole fleet (ledger.queue_set_paused), recorded with who and why."""
+        params = {"queue": queue, "paused": paused, "actor": actor, "reason": reason}
+        return QueueState.model_validate(self._one("queue_set_paused", params))
+
+    def queue_states(self) -> list[QueueState]:
+        """Every queue that was ever paused, and whether it is now."""
+        return [QueueState.model_validate(r) for r in self._rows("queue_states")]
+
+    def limit_set(self, scope: str, limit: Limit) -> LimitRow:
+        """Declare the limit of `kind:<kind>` or `queue:<queue>` (ledger.limit_set)."""
+        params = {
+            "scope": scope, "concurrency": limit.concurrency, "rate": limit.rate, "per": limit.per,
+            "key_path": limit.key_path,
+        }  # fmt: skip
+        return LimitRow.model_validate(self._one("limit_set", params))
+
+    def limit_clear(self, scope: str) -> bool:
+        cleared: bool = self._one("limit_clear", {"scope": scope})["cleared"]
+        return cleared
+
+    def limits(self) -> list[LimitRow]:
+        return [LimitRow.model_validate(r) for r in self._rows("limits_list")]
 
     # ------------------------------------------------------------ roles (`ledger roles`)
 

@@ -7,12 +7,13 @@ how often a job body really ran (at-least-once, exactly-once checks).
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from threading import Lock
 
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel
 
-from ledger.kinds import JobContext, NoArgs, default_registry
+from ledger.kinds import JobContext, Limit, NoArgs, default_registry
 
 _pools: dict[str, ConnectionPool] = {}
 _lock = Lock()
@@ -157,3 +158,29 @@ def patient(ctx: JobContext[NoArgs]) -> None:
 def blip(ctx: JobContext[Sleep]) -> None:
     """1-20 ms of work: the steady backlog of the lost-claim test."""
     time.sleep(ctx.args.seconds)
+
+
+class Customer(BaseModel):
+    customer: str
+    seconds: float = 0.05
+
+
+def record_span(ctx: JobContext[Customer], what: str) -> None:
+    with _pool(ctx.database_url).connection() as conn:
+        conn.execute("INSERT INTO executions (job_id, worker) VALUES (%s, %s)", [ctx.id, f"{what}:{ctx.args.customer}"])
+
+
+@default_registry.kind("export", args=Customer, queue="limited", limit=Limit(concurrency=1, key="customer"))
+def export(ctx: JobContext[Customer]) -> None:
+    """At most one export per customer runs at once across the fleet: its start and end go to the side table."""
+    record_span(ctx, "start")
+    time.sleep(ctx.args.seconds)
+    record_span(ctx, "end")
+
+
+@default_registry.kind(
+    "charge", args=Customer, queue="limited", limit=Limit(rate=3, per=timedelta(seconds=1), key="customer")
+)
+async def charge(ctx: JobContext[Customer]) -> None:
+    """At most three charges per customer start in any second."""
+    return None

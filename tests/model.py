@@ -37,6 +37,7 @@ class ModelJob:
     finalized_at: datetime | None
     updated_at: datetime
     version: int
+    limit_key: str | None = None
 
 
 def _need(job: ModelJob, states: set[str]) -> None:
@@ -55,7 +56,7 @@ def fold(job: ModelJob | None, e: Event) -> ModelJob:
             id=e.job_id, kind=d["kind"], queue=d["queue"], priority=d["priority"], args=d["args"],
             state="available" if run_at <= e.at else "scheduled", attempt=0, max_attempts=d["max_attempts"],
             run_at=run_at, last_error=None, worker=None, created_at=e.at, attempted_at=None,
-            finalized_at=None, updated_at=e.at, version=0,
+            finalized_at=None, updated_at=e.at, version=0, limit_key=d.get("limit_key"),
         )  # fmt: skip
     elif job is None:
         raise Refused("first event must be enqueued")

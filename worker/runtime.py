@@ -28,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 from ledger.db import connect
 from ledger.kinds import Registry
 from ledger.migrate import migrate
+from ledger.store import Store
 from ledger.store_async import AsyncStore
 
 from .completer import Completer
@@ -102,10 +103,17 @@ class Worker:
         return 1 if abandoned else 0
 
     def _migrate(self) -> None:
+        """The schema where it is missing (in development), then this worker's kinds' and queues' limits."""
         with connect(self.url) as conn:
             result = migrate(conn)
+            limits = self.registry.limits()
+            store = Store(conn)
+            for scope, limit in limits.items():
+                store.limit_set(scope, limit)
         if result.applied:
             log.info(str(result))
+        if limits:
+            log.info("limits declared", extra={"limits": sorted(limits)})
 
     async def _signals(self, producer: Producer) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -172,3 +172,20 @@ SELECT ledger.web_auth_fail(who => %(who)s, max_failures => %(max_failures)s, pe
 
 -- name: web_auth_forgive
 SELECT ledger.web_auth_forgive(who => %(who)s);
+
+-- ---- flow control
+
+-- name: queue_set_paused
+SELECT * FROM ledger.queue_set_paused(%(queue)s, %(paused)s, %(actor)s, %(reason)s);
+
+-- name: queue_states
+SELECT * FROM ledger.read_queue_state ORDER BY queue;
+
+-- name: limit_set
+SELECT * FROM ledger.limit_set(%(scope)s, %(concurrency)s, %(rate)s, %(per)s, %(key_path)s::text[]);
+
+-- name: limit_clear
+SELECT ledger.limit_clear(%(scope)s) AS cleared;
+
+-- name: limits_list
+SELECT * FROM ledger.read_limits ORDER BY scope;

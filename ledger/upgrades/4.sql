@@ -67,3 +67,40 @@ CREATE TABLE ledger.web_auth_failures (
     window_end  timestamptz NOT NULL
 );
 CREATE INDEX web_auth_failures_window_idx ON ledger.web_auth_failures (window_end);
+
+-- Flow control: paused queues (an append-only log and its projection),
+-- limits per key, the recent starts of rate-limited keys, and the limit a
+-- job counts against (NULL for every job enqueued before).
+ALTER TABLE ledger.jobs ADD COLUMN limit_key text;
+CREATE TABLE ledger.queue_events (
+    position  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue     text NOT NULL,
+    type      text NOT NULL CHECK (type IN ('paused', 'resumed')),
+    at        timestamptz NOT NULL DEFAULT now(),
+    by        text,
+    reason    text
+);
+CREATE TABLE ledger.queue_state (
+    queue       text PRIMARY KEY,
+    paused      boolean NOT NULL,
+    changed_at  timestamptz NOT NULL,
+    changed_by  text,
+    reason      text
+);
+CREATE TABLE ledger.limits (
+    scope        text PRIMARY KEY CHECK (scope ~ '^(kind|queue):[A-Za-z0-9_.:-]+$'),
+    concurrency  int CHECK (concurrency >= 1),
+    rate         int CHECK (rate >= 1),
+    per          interval CHECK (per > interval '0'),
+    key_path     text[],
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    CHECK (concurrency IS NOT NULL OR rate IS NOT NULL),
+    CHECK ((rate IS NULL) = (per IS NULL))
+);
+CREATE TABLE ledger.limit_starts (
+    limit_key  text PRIMARY KEY,
+    starts     timestamptz[] NOT NULL
+);
+CREATE INDEX jobs_limited_idx ON ledger.jobs (queue) WHERE limit_key IS NOT NULL
+    AND state IN ('available', 'scheduled', 'retryable');
+CREATE INDEX jobs_limited_running_idx ON ledger.jobs (limit_key) WHERE limit_key IS NOT NULL AND state = 'running';
