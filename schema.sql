@@ -130,7 +130,11 @@ CREATE TABLE ledger.jobs (
     head          bytea NOT NULL,  -- the hash of the job's latest event: where its chain continues
     -- The limit this job counts against, `<scope>|<key>` (ledger.limits), set at
     -- enqueue from the limits then declared; NULL: no limit, the claim's fast path.
-    limit_key     text
+    limit_key     text,
+    -- Uniqueness: no two jobs with one unique_key are both in their
+    -- unique_states (jobs_unique_idx). NULL: not unique.
+    unique_key    text,
+    unique_states ledger.job_state[]
 ) WITH (
     fillfactor = 80,
     -- A queue table churns: every claim and completion leaves a dead tuple and
@@ -293,6 +297,12 @@ CREATE INDEX jobs_running_idx ON ledger.jobs (queue, worker) WHERE state = 'runn
 CREATE INDEX jobs_limited_idx ON ledger.jobs (queue) WHERE limit_key IS NOT NULL
     AND state IN ('available', 'scheduled', 'retryable');
 CREATE INDEX jobs_limited_running_idx ON ledger.jobs (limit_key) WHERE limit_key IS NOT NULL AND state = 'running';
+-- Unique jobs: the database refuses a second job whose key matches one in
+-- the chosen states, however many enqueues race. The states are in the
+-- predicate, so a job that leaves them frees its key. Only unique jobs have
+-- entries.
+CREATE UNIQUE INDEX jobs_unique_idx ON ledger.jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND state = ANY (unique_states);
 -- No index on state alone: every transition changes state, so such an index
 -- would take two more writes per job on the hot path. Counts of waiting and
 -- running jobs use the two partial indexes above; listings walk the primary key.
@@ -307,7 +317,7 @@ CREATE INDEX discarded_at_idx ON ledger.discarded (discarded_at DESC, job_id DES
 
 CREATE VIEW ledger.read_jobs AS
     SELECT id, kind, queue, priority, args, state, attempt, max_attempts, run_at, last_error, worker,
-           created_at, attempted_at, finalized_at, updated_at, version, limit_key
+           created_at, attempted_at, finalized_at, updated_at, version, limit_key, unique_key
     FROM ledger.jobs;
 
 CREATE VIEW ledger.read_queue_events AS
@@ -394,6 +404,8 @@ BEGIN
         j.state := CASE WHEN j.run_at <= e.at THEN 'available' ELSE 'scheduled' END;
         j.created_at := e.at;
         j.limit_key := e.data->>'limit_key';
+        j.unique_key := e.data->>'unique_key';
+        j.unique_states := (SELECT array_agg(x::ledger.job_state) FROM jsonb_array_elements_text(e.data->'unique_states') x);
     ELSIF e.type = 'started' THEN
         IF j.state NOT IN ('available', 'scheduled', 'retryable') THEN
             PERFORM ledger._refuse(j, e.type, '{available,scheduled,retryable}');
@@ -570,7 +582,7 @@ RETURNS text LANGUAGE sql STABLE AS $$
 $$;
 
 -- Enqueue many jobs in one statement (arrays of equal length; NULL run_at
--- means now). Returns the new ids in input order. All rows are checked
+-- means now). Returns (id, duplicate) in input order. All rows are checked
 -- first, in one set-based pass (ledger._enqueue_problem), so one bad row
 -- refuses the batch, with the first bad row's message, and nothing is written.
 -- One NOTIFY per queue that received a job available now, however many jobs
@@ -579,6 +591,12 @@ $$;
 -- cached: a SQL-language function is planned on every call before
 -- PostgreSQL 18, which held single enqueues at ~1,000/s against ~1,770/s
 -- cached (measured here).
+-- Unique jobs (unique_keys non-NULL): a job whose key (with its period's
+-- bucket, when unique_periods gives one) matches a job in its
+-- states (unique_state_lists, comma-separated) is not inserted; jobs_unique_idx decides,
+-- so racing enqueues make one job. Its row comes back with duplicate = true
+-- and the existing job's id, found in a statement of its own (one whose
+-- snapshot sees a racer's row that committed meanwhile).
 CREATE FUNCTION ledger.job_enqueue_many(
     kinds text[],
     args jsonb[],
@@ -586,8 +604,11 @@ CREATE FUNCTION ledger.job_enqueue_many(
     priorities int[],
     max_attempts int[],
     run_ats timestamptz[],
-    metadata jsonb DEFAULT '{}'
-) RETURNS SETOF bigint LANGUAGE plpgsql
+    metadata jsonb DEFAULT '{}',
+    unique_keys text[] DEFAULT NULL,
+    unique_periods interval[] DEFAULT NULL,
+    unique_state_lists text[] DEFAULT NULL
+) RETURNS TABLE (id bigint, duplicate boolean) LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n int := coalesce(cardinality(kinds), 0);
@@ -595,12 +616,18 @@ DECLARE
     problem text;
     -- With no limit declared anywhere, no row looks one up (CASE short-circuits).
     limited boolean := EXISTS (SELECT 1 FROM ledger.limits);
+    uniq boolean := unique_keys IS NOT NULL;
+    ids bigint[];
+    dups boolean[];
+    keys text[];
 BEGIN
     -- unnest would pad short arrays with NULLs.
     IF n <> coalesce(cardinality(args), 0) OR n <> coalesce(cardinality(queues), 0)
        OR n <> coalesce(cardinality(priorities), 0) OR n <> coalesce(cardinality(max_attempts), 0)
-       OR n <> coalesce(cardinality(run_ats), 0) THEN
-        RAISE EXCEPTION 'job_enqueue_many: kinds, args, queues, priorities, max_attempts and run_ats must have the same length'
+       OR n <> coalesce(cardinality(run_ats), 0)
+       OR (uniq AND (n <> cardinality(unique_keys) OR n <> coalesce(cardinality(unique_periods), 0)
+                     OR n <> coalesce(cardinality(unique_state_lists), 0))) THEN
+        RAISE EXCEPTION 'job_enqueue_many: kinds, args, queues, priorities, max_attempts, run_ats (and the unique arrays) must have the same length'
             USING ERRCODE = 'LG004';
     END IF;
     SELECT c.problem INTO problem
@@ -616,11 +643,16 @@ BEGIN
     IF upto >= (SELECT p.covered_until - p.size FROM ledger.events_partitioning p WHERE p.id = 1) THEN
         PERFORM ledger.events_partitions_ensure(upto);
     END IF;
-    RETURN QUERY
     WITH input AS MATERIALIZED (
         SELECT nextval('ledger.job_id_seq') AS id, t.k, t.a, t.q, t.p, t.m,
                coalesce(t.r, now()) AS r, t.ord,
-               CASE WHEN limited THEN ledger._limit_key(t.k, t.q, t.a) END AS lk
+               CASE WHEN limited THEN ledger._limit_key(t.k, t.q, t.a) END AS lk,
+               CASE WHEN uniq AND unique_keys[t.ord] IS NOT NULL THEN
+                   unique_keys[t.ord] || coalesce('|' || date_bin(unique_periods[t.ord], now(), timestamptz 'epoch')::text, '')
+               END AS uk,
+               CASE WHEN uniq AND unique_keys[t.ord] IS NOT NULL THEN
+                   string_to_array(unique_state_lists[t.ord], ',')::ledger.job_state[]
+               END AS us
         FROM unnest(kinds, args, queues, priorities, max_attempts, run_ats)
              WITH ORDINALITY AS t(k, a, q, p, m, r, ord)
         ORDER BY t.ord
@@ -629,23 +661,39 @@ BEGIN
         FROM (SELECT input.*, coalesce(job_enqueue_many.metadata, '{}') AS meta,
                      jsonb_build_object('kind', k, 'queue', q, 'priority', p, 'args', a,
                                         'max_attempts', m, 'run_at', r)
-                     || CASE WHEN lk IS NULL THEN '{}' ELSE jsonb_build_object('limit_key', lk) END AS d
+                     || CASE WHEN lk IS NULL THEN '{}' ELSE jsonb_build_object('limit_key', lk) END
+                     || CASE WHEN uk IS NULL THEN '{}'
+                             ELSE jsonb_build_object('unique_key', uk, 'unique_states', to_jsonb(us)) END AS d
               FROM input) AS i
     ), new_jobs AS (
         INSERT INTO ledger.jobs
-        SELECT id, k, q, p, a,
+        SELECT e.id, k, q, p, a,
                CASE WHEN r <= now() THEN 'available' ELSE 'scheduled' END::ledger.job_state,
-               0, m, r, NULL, NULL, now(), NULL, NULL, now(), 1, h, lk
-        FROM enqueued
+               0, m, r, NULL, NULL, now(), NULL, NULL, now(), 1, h, lk, uk, us
+        FROM enqueued e
+        ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states) DO NOTHING
+        RETURNING ledger.jobs.id
     ), new_events AS (
         INSERT INTO ledger.events (job_id, version, type, at, data, metadata, hash)
-        SELECT id, 1, 'enqueued', now(), d, meta, h
-        FROM enqueued
+        SELECT e.id, 1, 'enqueued', now(), d, meta, h
+        FROM enqueued e JOIN new_jobs j ON j.id = e.id
     ), notified AS (
         SELECT count(pg_notify('ledger.' || due.q, '')) AS n
-        FROM (SELECT DISTINCT input.q FROM input WHERE input.r <= now()) AS due
+        FROM (SELECT DISTINCT input.q FROM input JOIN new_jobs j ON j.id = input.id WHERE input.r <= now()) AS due
     )
-    SELECT input.id FROM input, notified ORDER BY input.ord;
+    SELECT array_agg(input.id ORDER BY input.ord), array_agg(j.id IS NULL ORDER BY input.ord),
+           array_agg(input.uk ORDER BY input.ord)
+    INTO ids, dups, keys
+    FROM input LEFT JOIN new_jobs j ON j.id = input.id, notified;
+    IF uniq AND true = ANY (dups) THEN
+        -- The jobs that hold the keys: the one in its unique states, else the latest with the key.
+        SELECT array_agg(CASE WHEN x.dup THEN (
+                   SELECT o.id FROM ledger.jobs o WHERE o.unique_key = x.key
+                   ORDER BY o.state = ANY (o.unique_states) DESC, o.id DESC LIMIT 1) ELSE x.id END ORDER BY x.ord)
+        INTO ids
+        FROM unnest(ids, dups, keys) WITH ORDINALITY AS x(id, dup, key, ord);
+    END IF;
+    RETURN QUERY SELECT x.id, x.dup FROM unnest(ids, dups) WITH ORDINALITY AS x(id, dup, ord) ORDER BY x.ord;
 END $$;
 
 -- Enqueue one job; returns its id. run_at NULL means now.
@@ -659,8 +707,8 @@ CREATE FUNCTION ledger.job_enqueue(
     metadata jsonb DEFAULT '{}'
 ) RETURNS bigint LANGUAGE sql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT ledger.job_enqueue_many(ARRAY[kind], ARRAY[args], ARRAY[queue], ARRAY[priority],
-                                   ARRAY[max_attempts], ARRAY[run_at], metadata)
+    SELECT e.id FROM ledger.job_enqueue_many(ARRAY[kind], ARRAY[args], ARRAY[queue], ARRAY[priority],
+                                             ARRAY[max_attempts], ARRAY[run_at], metadata) AS e
 $$;
 
 -- Record that a worker is alive for `lease` more. Its running jobs are safe
@@ -859,7 +907,7 @@ BEGIN
     )
     SELECT c.id, c.kind, c.queue, c.priority, c.args, c.state, c.attempt, c.max_attempts, c.run_at,
            c.last_error, c.worker, c.created_at, c.attempted_at, c.finalized_at, c.updated_at, c.version,
-           c.limit_key
+           c.limit_key, c.unique_key
     FROM claimed c ORDER BY c.priority, c.run_at, c.id;
 END $$;
 
@@ -998,7 +1046,16 @@ CREATE FUNCTION ledger.job_replay(
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     j ledger.jobs := ledger._job_for_update(job_id, expected_version);
+    holder bigint;
 BEGIN
+    IF j.unique_key IS NOT NULL AND 'available' = ANY (j.unique_states) THEN
+        SELECT o.id INTO holder FROM ledger.jobs o
+        WHERE o.unique_key = j.unique_key AND o.state = ANY (o.unique_states) AND o.id <> j.id;
+        IF FOUND THEN
+            RAISE EXCEPTION 'job % cannot be replayed: job % holds its unique key %', j.id, holder, j.unique_key
+                USING ERRCODE = 'LG001';
+        END IF;
+    END IF;
     RETURN ledger._append(j, j.id, 'replayed',
         jsonb_build_object('by', coalesce(actor, session_user::text), 'reason', reason), metadata);
 END $$;

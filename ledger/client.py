@@ -13,7 +13,7 @@ from .db import connect, database_url
 from .errors import InvalidArguments
 from .jsoncheck import check_json, dump_json
 from .kinds import Registry, default_registry, error_fields, format_validation_error
-from .models import JobRequest
+from .models import JobId, JobRequest
 from .statements import EnqueueRow
 from .store import Store
 from .store_async import AsyncStore
@@ -105,7 +105,7 @@ class Client:
         run_at: datetime | None = None,
         conn: psycopg.Connection[Any] | None = None,
         metadata: dict[str, Any] | None = None,
-    ) -> int:
+    ) -> JobId:
         """Enqueue one job; returns its id."""
         opts = {"queue": queue, "priority": priority, "max_attempts": max_attempts, "run_at": run_at}
         return self.enqueue_many([_one(kind, args, opts)], conn=conn, metadata=metadata)[0]
@@ -116,7 +116,7 @@ class Client:
         *,
         conn: psycopg.Connection[Any] | None = None,
         metadata: dict[str, Any] | None = None,
-    ) -> list[int]:
+    ) -> list[JobId]:
         """Enqueue many jobs in one statement; returns their ids in order."""
         rows = prepare(self.registry, jobs)
         return Store(conn or self._connection()).enqueue_many(rows, metadata)
@@ -151,7 +151,7 @@ class AsyncClient:
         run_at: datetime | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
         metadata: dict[str, Any] | None = None,
-    ) -> int:
+    ) -> JobId:
         opts = {"queue": queue, "priority": priority, "max_attempts": max_attempts, "run_at": run_at}
         return (await self.enqueue_many([_one(kind, args, opts)], conn=conn, metadata=metadata))[0]
 
@@ -161,7 +161,7 @@ class AsyncClient:
         *,
         conn: psycopg.AsyncConnection[Any] | None = None,
         metadata: dict[str, Any] | None = None,
-    ) -> list[int]:
+    ) -> list[JobId]:
         rows = prepare(self.registry, jobs)
         return await AsyncStore(conn or await self.connect()).enqueue_many(rows, metadata)
 

@@ -16,11 +16,13 @@ __all__ = [
     "Event",
     "Job",
     "JobCount",
+    "JobId",
     "JobRequest",
     "Limit",
     "LimitRow",
     "Partition",
     "QueueState",
+    "Unique",
     "job_rows",
 ]
 
@@ -64,6 +66,49 @@ class JobRequest(TypedDict):
     run_at: NotRequired[Annotated[datetime | None, BeforeValidator(_time_not_number)]]
 
 
+ACTIVE_STATES = frozenset({JobState.SCHEDULED, JobState.AVAILABLE, JobState.RUNNING, JobState.RETRYABLE})
+
+
+class Unique(BaseModel):
+    """A uniqueness rule (River's UniqueOpts): a second enqueue that matches a job in `states`
+    returns that job's id, marked a duplicate, instead of a new job. The database enforces it
+    (jobs_unique_idx), so racing enqueues make one job; when the job leaves `states` its key is
+    free again.
+
+    What matches: an explicit `key`, else the kind and its args (all of them, or the fields named
+    in `args`), and the queue when `by_queue`; within the current `period` when one is given
+    (periods aligned to the epoch, on the database's clock). A kind can declare its rule once
+    (`@registry.kind(..., unique=Unique(...))`); an enqueue's own rule takes its place.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str | None = Field(default=None, min_length=1, max_length=200)
+    args: bool | list[str] = True
+    by_queue: bool = False
+    period: timedelta | None = None
+    states: frozenset[JobState] = ACTIVE_STATES
+
+    @model_validator(mode="after")
+    def _sensible(self) -> Unique:
+        if self.period is not None and self.period < timedelta(seconds=1):
+            raise ValueError("period: a unique period is at least one second")
+        if not self.states:
+            raise ValueError("states: name at least one state the key holds in")
+        return self
+
+
+class JobId(int):
+    """A job's id, as an enqueue returns it; `duplicate` when a uniqueness rule matched an existing job."""
+
+    duplicate: bool
+
+    def __new__(cls, value: int, duplicate: bool = False) -> JobId:
+        job_id = super().__new__(cls, value)
+        job_id.duplicate = duplicate
+        return job_id
+
+
 class Job(BaseModel):
     """One row of the current-state projection (ledger.jobs)."""
 
@@ -87,6 +132,8 @@ class Job(BaseModel):
     version: int
     limit_key: str | None = None
     """The limit this job counts against, `<scope>|<key>` (ledger.limits), or None."""
+    unique_key: str | None = None
+    """The key of its uniqueness rule (Unique), or None."""
 
 
 class Event(BaseModel):

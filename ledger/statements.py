@@ -16,7 +16,16 @@ from psycopg.types.json import Jsonb
 from .defaults import LEASE
 from .models import Job
 
-__all__ = ["Cycle", "EnqueueRow", "Success", "claim_params", "command_params", "enqueue_params", "succeed_params"]
+__all__ = [
+    "Cycle",
+    "EnqueueRow",
+    "Success",
+    "UniqueRow",
+    "claim_params",
+    "command_params",
+    "enqueue_params",
+    "succeed_params",
+]
 
 EnqueueRow = tuple[str, dict[str, Any] | str, str, int, int, datetime | None]
 """(kind, args, queue, priority, max_attempts, run_at) of one job to enqueue.
@@ -44,10 +53,25 @@ class Cycle(NamedTuple):
     recorded: dict[int, bool]
 
 
-def enqueue_params(rows: Sequence[EnqueueRow], metadata: dict[str, Any] | None) -> dict[str, Any]:
-    """Parameters of the job_enqueue_many query: one array per column, the args as one JSON array."""
+UniqueRow = tuple[str, timedelta | None, Sequence[str]]
+"""(key, period, states) of one unique job: the key as the client computed it (the period's bucket is
+added by the database, on its clock)."""
+
+
+def enqueue_params(
+    rows: Sequence[EnqueueRow], metadata: dict[str, Any] | None, unique: Sequence[UniqueRow | None] | None = None
+) -> dict[str, Any]:
+    """Parameters of the job_enqueue_many query: one array per column, the args as one JSON array.
+
+    The unique arrays go only when some job has a rule: NULL otherwise, and the database skips them.
+    """
     args = ",".join(a if isinstance(a, str) else json.dumps(a) for _, a, *_ in rows)
+    has_unique = unique is not None and any(u is not None for u in unique)
+    uniq = list(unique or []) if has_unique else []
     return {
+        "unique_keys": [u[0] if u else None for u in uniq] if has_unique else None,
+        "unique_periods": [u[1] if u else None for u in uniq] if has_unique else None,
+        "unique_states": [",".join(u[2]) if u else None for u in uniq] if has_unique else None,
         "kinds": [r[0] for r in rows],
         "args": f"[{args}]",
         "queues": [r[2] for r in rows],

@@ -32,9 +32,18 @@ from psycopg.types.json import Jsonb
 
 from .defaults import LEASE
 from .errors import refusals
-from .models import DiscardedJob, Event, Job, JobCount, Limit, LimitRow, Partition, QueueState, job_rows
+from .models import DiscardedJob, Event, Job, JobCount, JobId, Limit, LimitRow, Partition, QueueState, job_rows
 from .queries import query
-from .statements import Cycle, EnqueueRow, Success, claim_params, command_params, enqueue_params, succeed_params
+from .statements import (
+    Cycle,
+    EnqueueRow,
+    Success,
+    UniqueRow,
+    claim_params,
+    command_params,
+    enqueue_params,
+    succeed_params,
+)
 
 __all__ = ["AsyncStore"]
 
@@ -57,12 +66,12 @@ class AsyncStore:
             with refusals():
                 await cur.execute(query(name), params or {})
 
-    async def _column(self, name: str, params: Mapping[str, Any]) -> list[Any]:
-        """The first column of every row: no dict per row (a batch enqueue returns a thousand ids)."""
+    async def _tuples(self, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Rows as tuples: no dict per row (a batch enqueue returns a thousand)."""
         async with self.conn.cursor(row_factory=tuple_row) as cur:
             with refusals():
                 await cur.execute(query(name), params)
-            return [r[0] for r in await cur.fetchall()]
+            return await cur.fetchall()
 
     async def _one(self, name: str, params: Mapping[str, Any] | None = None) -> DictRow:
         rows = await self._rows(name, params)
@@ -128,11 +137,22 @@ class AsyncStore:
 
     # ------------------------------------------------------------ commands
 
-    async def enqueue_many(self, rows: Sequence[EnqueueRow], metadata: dict[str, Any] | None = None) -> list[int]:
-        """Enqueue jobs in one statement; their ids in order. One bad row refuses all of them."""
+    async def enqueue_many(
+        self,
+        rows: Sequence[EnqueueRow],
+        metadata: dict[str, Any] | None = None,
+        *,
+        unique: Sequence[UniqueRow | None] | None = None,
+    ) -> list[JobId]:
+        """Enqueue jobs in one statement; their ids in order. One bad row refuses all of them.
+
+        `unique` (one entry per row, None for a job without a rule) makes the matching
+        ones come back as the existing job's id with `duplicate` set.
+        """
         if not rows:
             return []
-        return await self._column("job_enqueue_many", enqueue_params(rows, metadata))
+        found = await self._tuples("job_enqueue_many", enqueue_params(rows, metadata, unique))
+        return [JobId(job_id, duplicate) for job_id, duplicate in found]
 
     async def claim(
         self, queue: str, n: int, worker: str, *, lease: timedelta = LEASE, kinds: Sequence[str] | None = None

@@ -38,6 +38,7 @@ class ModelJob:
     updated_at: datetime
     version: int
     limit_key: str | None = None
+    unique_key: str | None = None
 
 
 def _need(job: ModelJob, states: set[str]) -> None:
@@ -57,6 +58,7 @@ def fold(job: ModelJob | None, e: Event) -> ModelJob:
             state="available" if run_at <= e.at else "scheduled", attempt=0, max_attempts=d["max_attempts"],
             run_at=run_at, last_error=None, worker=None, created_at=e.at, attempted_at=None,
             finalized_at=None, updated_at=e.at, version=0, limit_key=d.get("limit_key"),
+            unique_key=d.get("unique_key"),
         )  # fmt: skip
     elif job is None:
         raise Refused("first event must be enqueued")

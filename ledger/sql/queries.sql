@@ -21,11 +21,12 @@ LIMIT %(limit)s;
 -- args travel as one JSON array (the client joins the texts it dumped and
 -- checked, one per job), unpacked here into the jsonb[] the function takes;
 -- the other arrays go binary, which psycopg builds far faster than text.
-SELECT ledger.job_enqueue_many(
+SELECT id, duplicate FROM ledger.job_enqueue_many(
     %(kinds)b::text[],
     ARRAY(SELECT e FROM jsonb_array_elements(%(args)s::jsonb) WITH ORDINALITY AS x(e, i) ORDER BY i),
     %(queues)b::text[], %(priorities)b::int[],
-    %(max_attempts)b::int[], %(run_ats)s::timestamptz[], %(metadata)s) AS id;
+    %(max_attempts)b::int[], %(run_ats)s::timestamptz[], %(metadata)s,
+    %(unique_keys)s::text[], %(unique_periods)s::interval[], %(unique_states)s::text[]);
 
 -- name: job_claim
 SELECT * FROM ledger.job_claim(%(queue)s, %(n)s, %(worker)s, %(lease)s, %(metadata)s, %(kinds)s::text[]);

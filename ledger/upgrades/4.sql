@@ -104,3 +104,9 @@ CREATE TABLE ledger.limit_starts (
 CREATE INDEX jobs_limited_idx ON ledger.jobs (queue) WHERE limit_key IS NOT NULL
     AND state IN ('available', 'scheduled', 'retryable');
 CREATE INDEX jobs_limited_running_idx ON ledger.jobs (limit_key) WHERE limit_key IS NOT NULL AND state = 'running';
+
+-- Unique jobs: a key and the states it holds in; the database refuses a
+-- second job with the key in those states.
+ALTER TABLE ledger.jobs ADD COLUMN unique_key text, ADD COLUMN unique_states ledger.job_state[];
+CREATE UNIQUE INDEX jobs_unique_idx ON ledger.jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND state = ANY (unique_states);
