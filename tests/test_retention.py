@@ -11,9 +11,10 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import DictRow
 
 from ledger.db import connect
+from ledger.durations import parse_duration
 from ledger.errors import InvalidArguments
 from ledger.migrate import current_version, migrate, schema_version
-from ledger.retention import parse_duration, prune
+from ledger.retention import prune
 from ledger.store import Store
 
 from .conftest import count_events
