@@ -1,4 +1,14 @@
-"""The client: validate and enqueue jobs, sync or async, alone or in the caller's transaction."""
+"""The client: validate and enqueue jobs, sync or async, alone or in the caller's transaction.
+
+An *insert-only* client (`Client(insert_only=True)`, River's insert-only
+client) also enqueues kinds whose code it does not have, by name: for a web
+tier or a script that must not import the worker's code. Options and the
+JSON of the args are still checked before anything is written; the args
+themselves are validated by the worker that runs the job (a bad field is a
+failed attempt naming it), and an unregistered kind takes the defaults of
+ledger/defaults.py (queue `default`, priority 5, 25 attempts), not its
+registration's: pass `queue=` and friends when they differ.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +19,10 @@ from typing import Any
 import psycopg
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from .db import connect, database_url
-from .errors import InvalidArguments
+from .db import connect, connection_problem, database_url
+from .errors import DatabaseUnavailable, InvalidArguments, UnknownKind
 from .jsoncheck import check_json, dump_json
-from .kinds import Registry, default_registry, error_fields, format_validation_error
+from .kinds import Kind, Registry, default_registry, error_fields, format_validation_error
 from .models import JobRequest
 from .statements import EnqueueRow
 from .store import Store
@@ -32,8 +42,11 @@ def _requests(items: Sequence[Mapping[str, Any]]) -> list[JobRequest]:
         raise InvalidArguments(f"invalid job: {where}", error_fields(exc, batch=True)) from None
 
 
-def prepare(registry: Registry, items: Iterable[Mapping[str, Any]]) -> list[EnqueueRow]:
+def prepare(registry: Registry, items: Iterable[Mapping[str, Any]], *, insert_only: bool = False) -> list[EnqueueRow]:
     """Validate every job before anything is written: a bad one refuses the whole batch.
+
+    insert_only: a kind the registry does not know is enqueued with its args
+    unvalidated (JSON-checked only) and the default options (see the module).
 
     Each job's args come back as the JSON text that goes to the database:
     dump_json checks them on the one dump that is sent. The requests, and the
@@ -56,8 +69,9 @@ def prepare(registry: Registry, items: Iterable[Mapping[str, Any]]) -> list[Enqu
             )
     rows: list[EnqueueRow] = [None] * len(reqs)  # type: ignore[list-item]  # each filled below, in input order
     for name, where in by_kind.items():
-        kind = registry.get(name)
-        validated = registry.validate_args_many(name, [reqs[i].get("args") for i in where], where)
+        kind = _kind(registry, name, insert_only)
+        given = [reqs[i].get("args") or {} for i in where]
+        validated = given if kind is UNREGISTERED else registry.validate_args_many(name, given, where)
         for i, value in zip(where, validated, strict=True):
             req = reqs[i]
             run_at = req.get("run_at")
@@ -76,17 +90,36 @@ def prepare(registry: Registry, items: Iterable[Mapping[str, Any]]) -> list[Enqu
     return rows
 
 
+UNREGISTERED: Kind[Any] = Kind("(unregistered)", BaseModel)
+"""What an insert-only client knows of a kind it has no code for: the defaults of ledger/defaults.py."""
+
+
+def _kind(registry: Registry, name: str, insert_only: bool) -> Kind[Any]:
+    try:
+        return registry.get(name)
+    except UnknownKind:
+        if insert_only:
+            return UNREGISTERED
+        raise
+
+
 def _one(kind: str, args: Mapping[str, Any] | BaseModel | None, options: dict[str, Any]) -> dict[str, Any]:
     data = args.model_dump(mode="json") if isinstance(args, BaseModel) else dict(args or {})
     return {"kind": kind, "args": data, **{k: v for k, v in options.items() if v is not None}}
 
 
 class Client:
-    """Enqueue jobs. `conn=` joins the caller's connection and transaction; else its own connection."""
+    """Enqueue jobs. `conn=` joins the caller's connection and transaction; else its own connection.
 
-    def __init__(self, url: str | None = None, *, registry: Registry = default_registry) -> None:
+    insert_only=True: also enqueue kinds this process has no code for (see the module's docstring).
+    """
+
+    def __init__(
+        self, url: str | None = None, *, registry: Registry = default_registry, insert_only: bool = False
+    ) -> None:
         self.url = url
         self.registry = registry
+        self.insert_only = insert_only
         self._conn: psycopg.Connection[Any] | None = None
 
     def _connection(self) -> psycopg.Connection[Any]:
@@ -118,7 +151,7 @@ class Client:
         metadata: dict[str, Any] | None = None,
     ) -> list[int]:
         """Enqueue many jobs in one statement; returns their ids in order."""
-        rows = prepare(self.registry, jobs)
+        rows = prepare(self.registry, jobs, insert_only=self.insert_only)
         return Store(conn or self._connection()).enqueue_many(rows, metadata)
 
     def close(self) -> None:
@@ -135,9 +168,12 @@ class Client:
 class AsyncClient:
     """The async twin of Client, on psycopg's AsyncConnection."""
 
-    def __init__(self, url: str | None = None, *, registry: Registry = default_registry) -> None:
+    def __init__(
+        self, url: str | None = None, *, registry: Registry = default_registry, insert_only: bool = False
+    ) -> None:
         self.url = url
         self.registry = registry
+        self.insert_only = insert_only
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
     async def enqueue(
@@ -162,13 +198,17 @@ class AsyncClient:
         conn: psycopg.AsyncConnection[Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> list[int]:
-        rows = prepare(self.registry, jobs)
+        rows = prepare(self.registry, jobs, insert_only=self.insert_only)
         return await AsyncStore(conn or await self.connect()).enqueue_many(rows, metadata)
 
     async def connect(self) -> psycopg.AsyncConnection[Any]:
         """The client's own connection (autocommit), opened now if it is not open yet."""
         if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(self.url or database_url(), autocommit=True)
+            url = self.url or database_url()
+            try:
+                self._conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+            except psycopg.OperationalError as exc:
+                raise DatabaseUnavailable(connection_problem(url, exc)) from exc
         return self._conn
 
     async def close(self) -> None:

@@ -169,6 +169,11 @@ class Registry:
     kinds: dict[str, Kind[Any]] = field(default_factory=dict)
     periodic_jobs: dict[str, Periodic] = field(default_factory=dict)
     error_hooks: list[ErrorHook] = field(default_factory=list)
+    autoload: bool = False
+    """On a kind it does not know, import the configured application module once
+    (ledger/apps.py: LEDGER_APP or [tool.ledger] app) and look again. The
+    process-wide default_registry does, so `Client()` in a web tier finds the
+    kinds without importing the worker's code by hand."""
 
     def add(self, kind: Kind[Any]) -> Kind[Any]:
         if kind.name in self.kinds and self.kinds[kind.name] != kind:
@@ -210,11 +215,20 @@ class Registry:
         return hook
 
     def get(self, name: str) -> Kind[Any]:
-        try:
-            return self.kinds[name]
-        except KeyError:
+        kind = self.kinds.get(name)
+        if kind is None and self.autoload:
+            # Imported here: apps imports the user's module, which imports this one.
+            from .apps import load_app
+
+            load_app()
+            kind = self.kinds.get(name)
+        if kind is None:
             known = ", ".join(sorted(self.kinds)) or "none"
-            raise UnknownKind(f"unknown job kind {name!r}; known kinds: {known}") from None
+            raise UnknownKind(
+                f"unknown job kind {name!r}; known kinds: {known}; register it with @default_registry.kind "
+                "in your app module and name the module with --app, LEDGER_APP or [tool.ledger] app"
+            )
+        return kind
 
     def validate_args(self, name: str, args: Mapping[str, Any] | BaseModel | None) -> dict[str, Any]:
         """Validated args of kind `name` as JSON-ready data, or InvalidArguments naming the field."""
@@ -278,4 +292,5 @@ def builtin_registry() -> Registry:
 
 
 default_registry = builtin_registry()
+default_registry.autoload = True
 """The process-wide registry: applications add their kinds here (`@default_registry.kind`)."""
