@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, NotRequired
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
@@ -11,7 +11,7 @@ from typing_extensions import TypedDict
 
 from .states import EventType, JobState
 
-__all__ = ["DiscardedJob", "Event", "Job", "JobCount", "JobRequest", "Partition", "job_rows"]
+__all__ = ["DiscardedJob", "Event", "Job", "JobCount", "JobRequest", "Partition", "QueueWait", "job_rows"]
 
 # The enqueue rules, for Python's types and the OpenAPI document (web/openapi.py
 # derives it from JobRequest). schema.sql's ledger._enqueue_problem states them
@@ -116,6 +116,18 @@ class JobCount(BaseModel):
     queue: str
     count: int
     exact: bool
+
+
+class QueueWait(BaseModel):
+    """One queue's backlog (ledger/sql/queries.sql `queue_waits`): jobs due and not claimed,
+    and how long the oldest has waited since it became due."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queue: str
+    due: int
+    oldest_due_at: datetime
+    oldest_wait: timedelta
 
 
 class Partition(BaseModel):

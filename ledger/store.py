@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 from .defaults import LEASE
 from .errors import refusals
-from .models import DiscardedJob, Event, Job, JobCount, Partition, job_rows
+from .models import DiscardedJob, Event, Job, JobCount, Partition, QueueWait, job_rows
 from .queries import query
 from .statements import Cycle, EnqueueRow, Success, claim_params, command_params, enqueue_params, succeed_params
 
@@ -320,3 +320,13 @@ class Store:
         # workers: a UniqueViolation on pg_database); either way it exists after.
         with contextlib.suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
             self.conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    # ------------------------------------------------------------ operators (ledger stats, ledger db stop)
+
+    def queue_waits(self) -> list[QueueWait]:
+        """Per queue: jobs due and unclaimed, and the age of the oldest (what an operator looks at first)."""
+        return [QueueWait.model_validate(r) for r in self._rows("queue_waits")]
+
+    def server_connections_other(self) -> DictRow:
+        """`sessions` other than this one on the whole server, and the `databases` they use."""
+        return self._one("server_connections_other")

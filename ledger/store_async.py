@@ -32,7 +32,7 @@ from psycopg.types.json import Jsonb
 
 from .defaults import LEASE
 from .errors import refusals
-from .models import DiscardedJob, Event, Job, JobCount, Partition, job_rows
+from .models import DiscardedJob, Event, Job, JobCount, Partition, QueueWait, job_rows
 from .queries import query
 from .statements import Cycle, EnqueueRow, Success, claim_params, command_params, enqueue_params, succeed_params
 
@@ -336,3 +336,13 @@ class AsyncStore:
         # workers: a UniqueViolation on pg_database); either way it exists after.
         with contextlib.suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
             await self.conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    # ------------------------------------------------------------ operators (ledger stats, ledger db stop)
+
+    async def queue_waits(self) -> list[QueueWait]:
+        """Per queue: jobs due and unclaimed, and the age of the oldest (what an operator looks at first)."""
+        return [QueueWait.model_validate(r) for r in await self._rows("queue_waits")]
+
+    async def server_connections_other(self) -> DictRow:
+        """`sessions` other than this one on the whole server, and the `databases` they use."""
+        return await self._one("server_connections_other")
