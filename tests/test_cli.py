@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from ledger.migrate import schema_version
+from ledger.states import JobState
 from ledger.store import Store
 
 LEDGER = [sys.executable, "-m", "ledger"]
@@ -153,3 +155,76 @@ def test_the_database_in_use_is_debug_output_shown_with_ledger_verbose(db_url: s
 def test_every_command_has_help(command: str) -> None:
     out = ledger(command, "--help", url=None)
     assert out.returncode == 0 and "Usage" in out.stdout
+
+
+def test_jobs_lists_jobs_newest_first_filtered_one_line_each_or_as_json(db_url: str, store: Store) -> None:
+    assert ledger("jobs", url=db_url).stdout == "no jobs found\n"
+    discarded = discard_one(store)
+    waiting = store.enqueue_many([("heartbeat", {}, "mail", 5, 3, None)])[0]
+    out = ledger("jobs", url=db_url)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [f"id={waiting}", f"id={discarded}"]
+    assert lines[0].startswith(f"id={waiting} kind=heartbeat queue=mail state=available attempt=0/3 run_at=")
+    assert lines[1].endswith('error="boom second line"')
+    only = ledger("jobs", "--state", "discarded", "--json", url=db_url)
+    assert [j["id"] for j in json.loads(only.stdout)] == [discarded]
+    assert json.loads(ledger("jobs", "--queue", "nope", "--json", url=db_url).stdout) == []
+
+
+def test_stats_counts_jobs_per_queue_and_state_and_the_wait_of_the_oldest_due(db_url: str, store: Store) -> None:
+    assert ledger("stats", url=db_url).stdout == "no jobs\n"
+    discard_one(store)
+    store.enqueue_many([("heartbeat", {}, "default", 5, 1, None)] * 2)
+    later = datetime(2099, 1, 1, tzinfo=UTC)
+    store.enqueue_many([("heartbeat", {}, "mail", 5, 1, later)])
+    out = ledger("stats", url=db_url)
+    assert out.returncode == 0, out.stderr
+    header, default, mail = (line.split() for line in out.stdout.splitlines())
+    assert header == ["queue", *(s.value for s in JobState), "oldest", "due"]
+    assert default[:-1] == ["default", "0", "2", "0", "0", "0", "0", "1"]
+    assert default[-1] != "-"  # how long: not a wall-clock assertion
+    assert mail == ["mail", "1", "0", "0", "0", "0", "0", "0", "-"]
+    data = json.loads(ledger("stats", "--json", url=db_url).stdout)
+    assert [(w["queue"], w["due"]) for w in data["waiting"]] == [("default", 2)]
+    assert {(c["queue"], c["state"], c["count"]) for c in data["counts"]} == {
+        ("default", "available", 2), ("default", "discarded", 1), ("mail", "scheduled", 1),
+    }  # fmt: skip
+
+
+def test_enqueue_in_a_duration_schedules_the_job_that_far_from_now(db_url: str, store: Store) -> None:
+    out = ledger("enqueue", "heartbeat", "--in", "2h", url=db_url)
+    assert out.returncode == 0, out.stderr
+    job = store.job(int(out.stdout.split("id=")[1]))
+    assert job is not None and job.state == JobState.SCHEDULED
+    # run_at was computed before the job was written: a little under two hours past created_at.
+    assert timedelta(hours=1, minutes=50) < job.run_at - job.created_at <= timedelta(hours=2)
+    both = ledger("enqueue", "heartbeat", "--in", "5m", "--run-at", "2030-01-01T09:00:00+00:00", url=db_url)
+    assert (both.returncode, both.stderr) == (2, "error: give --run-at or --in, not both\n")
+
+
+def test_enqueue_run_at_without_a_zone_is_local_time(db_url: str, store: Store) -> None:
+    out = ledger("enqueue", "heartbeat", "--run-at", "2030-01-15T09:00", url=db_url, extra_env={"TZ": "America/Lima"})
+    assert out.returncode == 0, out.stderr
+    job = store.job(int(out.stdout.split("id=")[1]))
+    assert job is not None and job.run_at == datetime(2030, 1, 15, 14, 0, tzinfo=UTC)  # Lima is UTC-5
+    assert "without a zone" in ledger("enqueue", "--help", url=None).stdout
+
+
+def test_enqueue_insert_only_writes_a_kind_this_machine_has_no_code_for(db_url: str, store: Store) -> None:
+    refused = ledger("enqueue", "send_email", url=db_url)
+    assert refused.returncode == 1 and "unknown job kind 'send_email'" in refused.stderr
+    assert "name the module with --app, LEDGER_APP or [tool.ledger] app" in refused.stderr
+    out = ledger("enqueue", "send_email", "--insert-only", "--args", '{"to": 3}', "--queue", "mail", url=db_url)
+    assert out.returncode == 0, out.stderr
+    job = store.job(int(out.stdout.split("id=")[1]))
+    assert job is not None and (job.kind, job.queue, job.args, job.max_attempts) == (
+        "send_email",
+        "mail",
+        {"to": 3},
+        25,
+    )
+    # Options are still checked: nothing written.
+    bad = ledger("enqueue", "send_email", "--insert-only", "--priority", "12", url=db_url)
+    assert bad.returncode == 1 and "field 'priority'" in bad.stderr
+    assert len(store.jobs()) == 1

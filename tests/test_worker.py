@@ -297,3 +297,31 @@ def test_a_worker_of_other_queues_runs_the_rescue_on_a_queue_it_serves(
     history = [e.type.value for e in store.events_for_job(job)]
     assert history == ["enqueued", "started", "rescued", "started", "succeeded"]
     assert w.stop() == 0
+
+
+def test_an_insert_only_job_with_bad_args_fails_in_the_worker_naming_the_field(
+    db_url: str, store: Store, workers: list[WorkerProcess]
+) -> None:
+    from ledger.client import Client
+    from ledger.kinds import builtin_registry
+
+    # This process has no code for `sleep`: the insert-only client writes it as it is.
+    with Client(db_url, registry=builtin_registry(), insert_only=True) as client:
+        job = client.enqueue("sleep", {"seconds": "a while"}, max_attempts=1)
+    w = WorkerProcess(db_url, *QUIET)
+    workers.append(w.started())
+    wait_until(lambda: states(store, [job]) == {"discarded": 1}, what="the job to be discarded")
+    last = store.job(job)
+    assert last is not None and last.last_error is not None
+    assert last.last_error.startswith("invalid args for job kind 'sleep': field 'seconds'")
+
+
+def test_the_start_up_line_names_the_app_the_kinds_and_the_database(db_url: str, workers: list[WorkerProcess]) -> None:
+    w = WorkerProcess(db_url, *QUIET)
+    workers.append(w.started())
+    [line] = [line for line in w.lines if '"msg": "worker w: queues=' in line]
+    assert "app=tests.jobapp (from --app)" in line
+    assert "kinds=crowd,flaky,free,heartbeat,hopeless,ledger.prune,ledger.rescue,noop," in line
+    assert "database=postgresql://" in line
+    assert "periodic job enqueued" not in w.log, "debug output"
+    assert "database: " not in w.log, "named once, in the start-up line"
