@@ -46,6 +46,10 @@ bench *ARGS:
     pip install -q -e '.[dev,bench]'
     python -m bench.run {{ARGS}}
 
+# Build the sdist and the wheel of jobledger into dist/.
+build:
+    python -m build
+
 # Regenerate the sync store (ledger/store.py) from ledger/store_async.py; a test fails when they differ.
 store:
     python scripts/async_to_sync.py
