@@ -82,12 +82,12 @@ def load_app(module: str | None = None) -> App | None:
     """Import the named application module so its kinds register; None when none is named.
 
     Once per module and process. Without `module`, an app this process has
-    loaded already is the answer (the registry's lazy load must not add
-    LEDGER_APP's module to the one --app named). ConfigError, naming the
+    loaded (or is loading) already is the answer: the registry's lazy load
+    must not add LEDGER_APP's module to the one --app named. ConfigError, naming the
     module, its source and the reason, when it cannot be imported.
     """
-    if module is None and _loaded:
-        return next(iter(_loaded.values()))
+    if module is None and (_loaded or _loading):
+        return next(iter(_loaded.values()), None)
     app = configured_app(module)
     if app is None:
         return None

@@ -1,4 +1,7 @@
-"""Job kinds: a registry from kind name to its args model, options and handler. No I/O here.
+"""Job kinds: a registry from kind name to its args model, options and handler.
+
+No I/O here, but for one import: the process-wide registry imports the
+configured application module (ledger/apps.py) on a kind it does not know.
 
 The built-in kinds (heartbeat, ledger.rescue, ledger.prune) are defined here
 so that any client can enqueue them; their handlers and schedules belong to

@@ -103,6 +103,9 @@ def test_a_second_signal_abandons_running_jobs_to_the_rescue(
 ) -> None:
     w = WorkerProcess(db_url, *QUIET, name="quitter").started()
     workers.append(w)
+    # The start-up's periodic jobs (heartbeat, rescue, prune) first: one still
+    # running at the second signal would be abandoned too.
+    wait_until(lambda: states(store, [1, 2, 3]) == {"succeeded": 3}, what="the periodic jobs of start-up")
     ids = enqueue(store, "sleep", 2, {"seconds": 30})
     wait_until(lambda: states(store, ids) == {"running": 2}, what="two running jobs")
     w.signal(signal.SIGINT)
@@ -241,7 +244,10 @@ def test_a_job_that_runs_too_long_is_cancelled_and_counted_as_a_failed_attempt(
     line = next(x for x in w.lines if f'"job {job} attempt failed"' in x)
     for field in ('"kind": "sluggish"', f'"job_id": {job}', '"attempt": "1/1"', '"will_retry": false'):
         assert field in line
-    hooks = side.execute("SELECT worker FROM executions WHERE job_id = %s", [job]).fetchall()
+    # The hook runs after that line is logged (and opens its own pool): wait for its row.
+    hooks = wait_until(
+        lambda: side.execute("SELECT worker FROM executions WHERE job_id = %s", [job]).fetchall(), 10, "the hook"
+    )
     assert hooks == [{"worker": "hook:False"}]
 
 
