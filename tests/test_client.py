@@ -65,7 +65,7 @@ def test_an_insert_only_client_enqueues_a_kind_it_has_no_code_for_still_checking
         # ...options and JSON of the others too, before anything is written...
         with pytest.raises(InvalidArguments, match="field 'priority'"):
             client.enqueue("resize_image", {"w": 10}, priority=12)
-        with pytest.raises(InvalidArguments, match="args.w: nan is not a JSON number"):
+        with pytest.raises(InvalidArguments, match=r"args\.w: nan is not a JSON number"):
             client.enqueue("resize_image", {"w": float("nan")})
         assert store.jobs() == []
         # ...and a kind it does not know goes in as given, with the defaults of ledger/defaults.py.
