@@ -54,6 +54,10 @@ bench *ARGS:
     -python -m bench.envs
     python -m bench.run {{ARGS}}
 
+# Build the sdist and the wheel of jobledger into dist/.
+build:
+    python -m build
+
 # Regenerate the sync store (ledger/store.py) from ledger/store_async.py; a test fails when they differ.
 store:
     python scripts/async_to_sync.py

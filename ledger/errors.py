@@ -87,8 +87,6 @@ def from_database(exc: psycopg.Error) -> LedgerError | None:
     if cls is None:
         return None
     diag = exc.diag.message_primary or str(exc)
-    if cls is PermissionDenied:
-        diag += "; this database role may use the ledger only as `ledger roles` allowed it"
     return cls(diag)
 
 

@@ -1,4 +1,7 @@
-"""Job kinds: a registry from kind name to its args model, options and handler. No I/O here.
+"""Job kinds: a registry from kind name to its args model, options and handler.
+
+No I/O here, but for one import: the process-wide registry imports the
+configured application module (ledger/apps.py) on a kind it does not know.
 
 The built-in kinds (heartbeat, ledger.rescue, ledger.prune) are defined here
 so that any client can enqueue them; their handlers and schedules belong to
@@ -18,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, Vali
 
 from . import defaults
 from .errors import InvalidArguments, UnknownKind
-from .models import Job, Limit
+from .models import Job, Limit, Unique
 from .retry_policy import Backoff
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "Periodic",
     "PruneArgs",
     "Registry",
+    "Unique",
     "builtin_registry",
     "default_registry",
     "error_fields",
@@ -123,6 +127,8 @@ class Kind(Generic[A]):
     """Seconds to wait after failed attempt n; None uses ledger/retry_policy.py's default."""
     limit: Limit | None = None
     """At most so many running at once / starting per period, across the fleet (declared by its workers)."""
+    unique: Unique | None = None
+    """Its uniqueness rule, for every enqueue of it that does not give its own."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,11 @@ class Registry:
     periodic_jobs: dict[str, Periodic] = field(default_factory=dict)
     error_hooks: list[ErrorHook] = field(default_factory=list)
     queue_limits: dict[str, Limit] = field(default_factory=dict)
+    autoload: bool = False
+    """On a kind it does not know, import the configured application module once
+    (ledger/apps.py: LEDGER_APP or [tool.ledger] app) and look again. The
+    process-wide default_registry does, so `Client()` in a web tier finds the
+    kinds without importing the worker's code by hand."""
 
     def add(self, kind: Kind[Any]) -> Kind[Any]:
         if kind.name in self.kinds and self.kinds[kind.name] != kind:
@@ -199,11 +210,12 @@ class Registry:
         timeout: float = defaults.TIMEOUT,
         backoff: Backoff | None = None,
         limit: Limit | None = None,
+        unique: Unique | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator registering a handler as the work of kind `name`."""
 
         def register(handler: Handler) -> Handler:
-            self.add(Kind(name, args, handler, queue, priority, max_attempts, timeout, backoff, limit))
+            self.add(Kind(name, args, handler, queue, priority, max_attempts, timeout, backoff, limit, unique))
             return handler
 
         return register
@@ -232,11 +244,20 @@ class Registry:
         return hook
 
     def get(self, name: str) -> Kind[Any]:
-        try:
-            return self.kinds[name]
-        except KeyError:
+        kind = self.kinds.get(name)
+        if kind is None and self.autoload:
+            # Imported here: apps imports the user's module, which imports this one.
+            from .apps import load_app
+
+            load_app()
+            kind = self.kinds.get(name)
+        if kind is None:
             known = ", ".join(sorted(self.kinds)) or "none"
-            raise UnknownKind(f"unknown job kind {name!r}; known kinds: {known}") from None
+            raise UnknownKind(
+                f"unknown job kind {name!r}; known kinds: {known}; register it with @default_registry.kind "
+                "in your app module and name the module with --app, LEDGER_APP or [tool.ledger] app"
+            )
+        return kind
 
     def validate_args(self, name: str, args: Mapping[str, Any] | BaseModel | None) -> dict[str, Any]:
         """Validated args of kind `name` as JSON-ready data, or InvalidArguments naming the field."""
@@ -301,4 +322,5 @@ def builtin_registry() -> Registry:
 
 
 default_registry = builtin_registry()
+default_registry.autoload = True
 """The process-wide registry: applications add their kinds here (`@default_registry.kind`)."""

@@ -6,7 +6,18 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any, NotRequired
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+    model_validator,
+)
 from typing_extensions import TypedDict
 
 from .states import EventType, JobState
@@ -22,6 +33,7 @@ __all__ = [
     "LimitRow",
     "Partition",
     "QueueState",
+    "QueueWait",
     "Unique",
     "job_rows",
 ]
@@ -30,6 +42,11 @@ __all__ = [
 # derives it from JobRequest). schema.sql's ledger._enqueue_problem states them
 # for the database, which enforces them whoever calls; a test keeps the two in step.
 QUEUE_PATTERN = r"^[A-Za-z0-9_.:-]{1,50}$"
+
+
+# What the document says of run_at beyond RFC 3339: not an instant before the first day of year 1
+# or after the last of 9999 (in UTC), which neither Python nor the API can hold (the client says so).
+RUN_AT = r"^(?!0001-01-01T.*\+(?!00:00))(?!9999-12-31T.*-(?!00:00))"
 
 
 def _time_not_number(value: Any) -> Any:
@@ -48,25 +65,41 @@ def _whole_number(value: Any) -> Any:
     return value
 
 
-class JobRequest(TypedDict):
-    """One job to enqueue, as a dict. Unset options take the kind's defaults. Strict: "5" is not a priority.
-
-    A TypedDict rather than a model: pydantic validates a list of them in one
-    call into plain dicts, which cost a quarter of the time of model instances
-    and leave the garbage collector nothing to trace (measured here).
-    """
-
-    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
-
-    kind: StrictStr
-    args: NotRequired[dict[str, Any]]
-    queue: NotRequired[Annotated[StrictStr | None, Field(pattern=QUEUE_PATTERN)]]
-    priority: NotRequired[Annotated[StrictInt, Field(ge=0, le=9), BeforeValidator(_whole_number)] | None]
-    max_attempts: NotRequired[Annotated[StrictInt, Field(ge=1, le=1000), BeforeValidator(_whole_number)] | None]
-    run_at: NotRequired[Annotated[datetime | None, BeforeValidator(_time_not_number)]]
-
+NO_NUL = "^[^\u0000]*$"  # PostgreSQL text cannot hold NUL
 
 ACTIVE_STATES = frozenset({JobState.SCHEDULED, JobState.AVAILABLE, JobState.RUNNING, JobState.RETRYABLE})
+
+
+def _no_repeats(value: Any) -> Any:
+    # A set in Python; in JSON a list the document says holds each state once: say so, do not fold.
+    if isinstance(value, list) and len(value) != len({str(v) for v in value}):
+        raise ValueError("names a state twice")
+    return value
+
+
+MAX_SECONDS = 100 * 366 * 86400  # a hundred years, as ledger/durations.py bounds a duration
+
+
+def _seconds(value: Any) -> Any:
+    # A timedelta from Python, a number of seconds from JSON: one form each, so the document is exact.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not 1 <= value <= MAX_SECONDS:  # also NaN
+            raise ValueError(f"must be between 1 and {MAX_SECONDS} seconds")
+        value = timedelta(seconds=value)
+    if not isinstance(value, timedelta):
+        raise ValueError("must be a number of seconds")
+    if not timedelta(seconds=1) <= value <= timedelta(seconds=MAX_SECONDS):
+        raise ValueError(f"must be between 1 and {MAX_SECONDS} seconds")
+    return value
+
+
+Seconds = Annotated[
+    timedelta,
+    PlainValidator(_seconds),
+    PlainSerializer(lambda v: v.total_seconds(), return_type=float),
+    WithJsonSchema({"type": "number", "minimum": 1, "maximum": MAX_SECONDS}),
+]
+"""A period: a timedelta in Python, a number of seconds (1 to a hundred years) in JSON."""
 
 
 class Unique(BaseModel):
@@ -83,19 +116,32 @@ class Unique(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    key: str | None = Field(default=None, min_length=1, max_length=200)
+    key: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_NUL)
     args: bool | list[str] = True
     by_queue: bool = False
-    period: timedelta | None = None
-    states: frozenset[JobState] = ACTIVE_STATES
+    period: Seconds | None = None
+    states: Annotated[frozenset[JobState], Field(min_length=1), BeforeValidator(_no_repeats)] = ACTIVE_STATES
 
-    @model_validator(mode="after")
-    def _sensible(self) -> Unique:
-        if self.period is not None and self.period < timedelta(seconds=1):
-            raise ValueError("period: a unique period is at least one second")
-        if not self.states:
-            raise ValueError("states: name at least one state the key holds in")
-        return self
+
+class JobRequest(TypedDict):
+    """One job to enqueue, as a dict. Unset options take the kind's defaults. Strict: "5" is not a priority.
+
+    A TypedDict rather than a model: pydantic validates a list of them in one
+    call into plain dicts, which cost a quarter of the time of model instances
+    and leave the garbage collector nothing to trace (measured here).
+    """
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    kind: StrictStr
+    args: NotRequired[dict[str, Any]]
+    queue: NotRequired[Annotated[StrictStr | None, Field(pattern=QUEUE_PATTERN)]]
+    priority: NotRequired[Annotated[StrictInt, Field(ge=0, le=9), BeforeValidator(_whole_number)] | None]
+    max_attempts: NotRequired[Annotated[StrictInt, Field(ge=1, le=1000), BeforeValidator(_whole_number)] | None]
+    run_at: NotRequired[
+        Annotated[datetime | None, BeforeValidator(_time_not_number), Field(json_schema_extra={"pattern": RUN_AT})]
+    ]
+    unique: NotRequired[Unique | None]
 
 
 class JobId(int):
@@ -227,6 +273,18 @@ class LimitRow(BaseModel):
     per: timedelta | None
     key_path: list[str] | None
     updated_at: datetime
+
+
+class QueueWait(BaseModel):
+    """One queue's backlog (ledger/sql/queries.sql `queue_waits`): jobs due and not claimed,
+    and how long the oldest has waited since it became due."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queue: str
+    due: int
+    oldest_due_at: datetime
+    oldest_wait: timedelta
 
 
 class Partition(BaseModel):

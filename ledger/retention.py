@@ -10,7 +10,6 @@ every worker behind its lock request.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,22 +18,7 @@ from .errors import InvalidArguments
 from .models import Partition
 from .store import Store
 
-__all__ = ["PartitionOutcome", "PruneReport", "parse_duration", "prune"]
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
-
-
-def parse_duration(text: str) -> timedelta:
-    """`7d`, `12h`, `90m`, `1w2d`, `0s` -> timedelta; InvalidArguments for anything else."""
-    spec = text.strip().lower()
-    parts = _DURATION.findall(spec)
-    if not spec or _DURATION.sub("", spec).strip():
-        raise InvalidArguments(
-            f"duration {text!r} is not understood; write a number and a unit (s, m, h, d, w), e.g. 7d or 12h",
-            ["older_than"],
-        )
-    return timedelta(seconds=sum(float(n) * _UNITS[unit] for n, unit in parts))
+__all__ = ["PartitionOutcome", "PruneReport", "prune"]
 
 
 @dataclass(frozen=True)

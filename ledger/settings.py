@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "default_data_dir", "get_settings"]
+from .errors import ConfigError
+
+__all__ = ["Settings", "default_data_dir", "get_settings", "load_settings"]
+
+S = TypeVar("S", bound=BaseSettings)
 
 
 def default_data_dir() -> Path:
@@ -37,6 +41,32 @@ class Settings(BaseSettings):
         return self.env == "production"
 
 
+def _variable(cls: type[BaseSettings], loc: tuple[int | str, ...]) -> str:
+    """The environment variable a pydantic-settings error is about: LEDGER_ENV for `env`."""
+    name = str(loc[0]) if loc else ""
+    if name in cls.model_fields:
+        prefix = cls.model_config.get("env_prefix") or ""
+        return f"{prefix}{name}".upper()
+    return name.upper()  # an alias (DATABASE_URL) is the variable itself
+
+
+def load_settings(cls: type[S]) -> S:
+    """`cls()` read from the environment; ConfigError naming the variable, its value and what is allowed.
+
+    pydantic's own error is a screenful; a person who typed LEDGER_ENV=prod needs one line.
+    """
+    try:
+        return cls()
+    except ValidationError as exc:
+        problems = [
+            f"{_variable(cls, err['loc'])}={err['input']!r}: {err['msg']}"
+            if isinstance(err.get("input"), str)
+            else f"{_variable(cls, err['loc'])}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise ConfigError("invalid setting " + "; ".join(problems)) from None
+
+
 @cache
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings(Settings)

@@ -18,7 +18,19 @@ from psycopg.types.json import Jsonb
 
 from .defaults import LEASE
 from .errors import refusals
-from .models import DiscardedJob, Event, Job, JobCount, JobId, Limit, LimitRow, Partition, QueueState, job_rows
+from .models import (
+    DiscardedJob,
+    Event,
+    Job,
+    JobCount,
+    JobId,
+    Limit,
+    LimitRow,
+    Partition,
+    QueueState,
+    QueueWait,
+    job_rows,
+)
 from .queries import query
 from .statements import (
     Cycle,
@@ -452,3 +464,13 @@ class Store:
     def web_auth_forgive(self, client: str) -> None:
         """Forget `client`'s failed tokens (it has just signed in)."""
         self._rows("web_auth_forgive", {"who": client})
+
+    # ------------------------------------------------------------ operators (ledger stats, ledger db stop)
+
+    def queue_waits(self) -> list[QueueWait]:
+        """Per queue: jobs due and unclaimed, and the age of the oldest (what an operator looks at first)."""
+        return [QueueWait.model_validate(r) for r in self._rows("queue_waits")]
+
+    def server_connections_other(self) -> DictRow:
+        """`sessions` other than this one on the whole server, and the `databases` they use."""
+        return self._one("server_connections_other")

@@ -32,7 +32,19 @@ from psycopg.types.json import Jsonb
 
 from .defaults import LEASE
 from .errors import refusals
-from .models import DiscardedJob, Event, Job, JobCount, JobId, Limit, LimitRow, Partition, QueueState, job_rows
+from .models import (
+    DiscardedJob,
+    Event,
+    Job,
+    JobCount,
+    JobId,
+    Limit,
+    LimitRow,
+    Partition,
+    QueueState,
+    QueueWait,
+    job_rows,
+)
 from .queries import query
 from .statements import (
     Cycle,
@@ -470,3 +482,13 @@ class AsyncStore:
     async def web_auth_forgive(self, client: str) -> None:
         """Forget `client`'s failed tokens (it has just signed in)."""
         await self._rows("web_auth_forgive", {"who": client})
+
+    # ------------------------------------------------------------ operators (ledger stats, ledger db stop)
+
+    async def queue_waits(self) -> list[QueueWait]:
+        """Per queue: jobs due and unclaimed, and the age of the oldest (what an operator looks at first)."""
+        return [QueueWait.model_validate(r) for r in await self._rows("queue_waits")]
+
+    async def server_connections_other(self) -> DictRow:
+        """`sessions` other than this one on the whole server, and the `databases` they use."""
+        return await self._one("server_connections_other")

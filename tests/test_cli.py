@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from ledger.migrate import schema_version
+from ledger.states import JobState
 from ledger.store import Store
 
 LEDGER = [sys.executable, "-m", "ledger"]
@@ -45,8 +47,13 @@ def test_failed_lists_discarded_jobs_newest_first_one_greppable_line_each(db_url
     assert lines[1].startswith(f"id={first} kind=heartbeat attempt=1/1 finalized_at=")
     assert lines[1].endswith('error="boom second line"')
     only = ledger("failed", "--kind", "other", "--json", url=db_url)
-    [row] = [json.loads(line) for line in only.stdout.splitlines()]
+    [row] = json.loads(only.stdout)
     assert row["job_id"] == second and row["errors"][0]["error"] == "boom\nsecond line"
+
+
+def test_failed_json_is_one_array_and_an_empty_one_when_there_are_none(db_url: str) -> None:
+    out = ledger("failed", "--json", url=db_url)
+    assert (out.returncode, json.loads(out.stdout)) == (0, [])
 
 
 def test_replay_puts_a_discarded_job_back_and_refuses_one_that_is_not(db_url: str, store: Store) -> None:
@@ -70,7 +77,26 @@ def test_show_prints_state_and_the_full_timeline(db_url: str, store: Store) -> N
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"job {job}  kind=heartbeat  queue=default  state=discarded  attempt=1/1")
     timeline = out.stdout.split("timeline:\n")[1].splitlines()
-    assert [line.split()[2] for line in timeline] == ["enqueued", "started", "discarded"]
+    events = [line for line in timeline if line.startswith("  v")]
+    assert [line.split()[2] for line in events] == ["enqueued", "started", "discarded"]
+
+
+def test_show_prints_a_traceback_as_an_indented_block(db_url: str, store: Store) -> None:
+    job = store.enqueue_many([("heartbeat", {}, "default", 5, 1, None)])[0]
+    store.claim("default", 1, "w")
+    trace = 'Traceback (most recent call last):\n  File "jobs.py", line 3, in send\nValueError: boom'
+    store.fail(job, "ValueError: boom", metadata={"traceback": trace, "worker": "w"})
+    out = ledger("show", str(job), url=db_url)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    at = lines.index("        meta.traceback:")
+    assert lines[at - 1].split()[2] == "discarded" and "meta.worker=w" in lines[at - 1]
+    assert "Traceback" not in lines[at - 1]
+    assert lines[at + 1 : at + 4] == [
+        "          Traceback (most recent call last):",
+        '            File "jobs.py", line 3, in send',
+        "          ValueError: boom",
+    ]
     assert ledger("show", "424242", url=db_url).stderr.strip().endswith("error: job 424242 not found")
 
 
@@ -115,21 +141,90 @@ def test_production_mode_refuses_to_run_without_database_url(tmp_path: Path) -> 
     assert not (tmp_path / "pgdata").exists()
 
 
-def test_an_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:
-    out = ledger("failed", url="postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
-    assert out.returncode == 1
-    assert (
-        out.stderr.strip().splitlines()[-1].startswith("error: cannot connect to postgresql://nobody@127.0.0.1:1/none")
-    )
-    assert "Traceback" not in out.stderr
+def test_the_database_in_use_is_debug_output_shown_with_ledger_verbose(db_url: str) -> None:
+    quiet = ledger("failed", url=db_url)
+    assert (quiet.returncode, quiet.stderr) == (0, ""), "an answer on stdout, nothing on stderr"
+    loud = ledger("failed", url=db_url, extra_env={"LEDGER_VERBOSE": "1"})
+    assert "database: postgresql://" in loud.stderr and "(from DATABASE_URL)" in loud.stderr
 
 
-def test_the_one_database_line_is_logged(db_url: str) -> None:
-    out = ledger("failed", url=db_url)
-    assert "database: postgresql://" in out.stderr and "(from DATABASE_URL)" in out.stderr
-
-
-@pytest.mark.parametrize("command", ["failed", "show", "replay", "rebuild", "enqueue", "migrate"])
+@pytest.mark.parametrize(
+    "command",
+    ["failed", "show", "replay", "cancel", "jobs", "stats", "rebuild", "prune", "enqueue", "migrate", "worker"],
+)
 def test_every_command_has_help(command: str) -> None:
     out = ledger(command, "--help", url=None)
     assert out.returncode == 0 and "Usage" in out.stdout
+
+
+def test_jobs_lists_jobs_newest_first_filtered_one_line_each_or_as_json(db_url: str, store: Store) -> None:
+    assert ledger("jobs", url=db_url).stdout == "no jobs found\n"
+    discarded = discard_one(store)
+    waiting = store.enqueue_many([("heartbeat", {}, "mail", 5, 3, None)])[0]
+    out = ledger("jobs", url=db_url)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [f"id={waiting}", f"id={discarded}"]
+    assert lines[0].startswith(f"id={waiting} kind=heartbeat queue=mail state=available attempt=0/3 run_at=")
+    assert lines[1].endswith('error="boom second line"')
+    only = ledger("jobs", "--state", "discarded", "--json", url=db_url)
+    assert [j["id"] for j in json.loads(only.stdout)] == [discarded]
+    assert json.loads(ledger("jobs", "--queue", "nope", "--json", url=db_url).stdout) == []
+
+
+def test_stats_counts_jobs_per_queue_and_state_and_the_wait_of_the_oldest_due(db_url: str, store: Store) -> None:
+    assert ledger("stats", url=db_url).stdout == "no jobs\n"
+    discard_one(store)
+    store.enqueue_many([("heartbeat", {}, "default", 5, 1, None)] * 2)
+    later = datetime(2099, 1, 1, tzinfo=UTC)
+    store.enqueue_many([("heartbeat", {}, "mail", 5, 1, later)])
+    out = ledger("stats", url=db_url)
+    assert out.returncode == 0, out.stderr
+    header, default, mail = (line.split() for line in out.stdout.splitlines())
+    assert header == ["queue", *(s.value for s in JobState), "oldest", "due"]
+    assert default[:-1] == ["default", "0", "2", "0", "0", "0", "0", "1"]
+    assert default[-1] != "-"  # how long: not a wall-clock assertion
+    assert mail == ["mail", "1", "0", "0", "0", "0", "0", "0", "-"]
+    data = json.loads(ledger("stats", "--json", url=db_url).stdout)
+    assert [(w["queue"], w["due"]) for w in data["waiting"]] == [("default", 2)]
+    assert {(c["queue"], c["state"], c["count"]) for c in data["counts"]} == {
+        ("default", "available", 2), ("default", "discarded", 1), ("mail", "scheduled", 1),
+    }  # fmt: skip
+
+
+def test_enqueue_in_a_duration_schedules_the_job_that_far_from_now(db_url: str, store: Store) -> None:
+    out = ledger("enqueue", "heartbeat", "--in", "2h", url=db_url)
+    assert out.returncode == 0, out.stderr
+    job = store.job(int(out.stdout.split("id=")[1]))
+    assert job is not None and job.state == JobState.SCHEDULED
+    # run_at was computed before the job was written: a little under two hours past created_at.
+    assert timedelta(hours=1, minutes=50) < job.run_at - job.created_at <= timedelta(hours=2)
+    both = ledger("enqueue", "heartbeat", "--in", "5m", "--run-at", "2030-01-01T09:00:00+00:00", url=db_url)
+    assert (both.returncode, both.stderr) == (2, "error: give --run-at or --in, not both\n")
+
+
+def test_enqueue_run_at_without_a_zone_is_local_time(db_url: str, store: Store) -> None:
+    out = ledger("enqueue", "heartbeat", "--run-at", "2030-01-15T09:00", url=db_url, extra_env={"TZ": "America/Lima"})
+    assert out.returncode == 0, out.stderr
+    job = store.job(int(out.stdout.split("id=")[1]))
+    assert job is not None and job.run_at == datetime(2030, 1, 15, 14, 0, tzinfo=UTC)  # Lima is UTC-5
+    assert "without a zone" in ledger("enqueue", "--help", url=None).stdout
+
+
+def test_enqueue_insert_only_writes_a_kind_this_machine_has_no_code_for(db_url: str, store: Store) -> None:
+    refused = ledger("enqueue", "send_email", url=db_url)
+    assert refused.returncode == 1 and "unknown job kind 'send_email'" in refused.stderr
+    assert "name the module with --app, LEDGER_APP or [tool.ledger] app" in refused.stderr
+    out = ledger("enqueue", "send_email", "--insert-only", "--args", '{"to": 3}', "--queue", "mail", url=db_url)
+    assert out.returncode == 0, out.stderr
+    job = store.job(int(out.stdout.split("id=")[1]))
+    assert job is not None and (job.kind, job.queue, job.args, job.max_attempts) == (
+        "send_email",
+        "mail",
+        {"to": 3},
+        25,
+    )
+    # Options are still checked: nothing written.
+    bad = ledger("enqueue", "send_email", "--insert-only", "--priority", "12", url=db_url)
+    assert bad.returncode == 1 and "field 'priority'" in bad.stderr
+    assert len(store.jobs()) == 1

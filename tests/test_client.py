@@ -48,8 +48,33 @@ def test_enqueue_uses_the_kinds_options_and_validated_args(db_url: str, store: S
 def test_an_unknown_kind_is_refused_listing_the_known_ones(db_url: str, conn: psycopg.Connection[DictRow]) -> None:
     with Client(db_url, registry=registry()) as client, pytest.raises(UnknownKind) as refused:
         client.enqueue("emial", {"to": "x"})
-    assert str(refused.value) == "unknown job kind 'emial'; known kinds: email, heartbeat, ledger.prune, ledger.rescue"
+    assert str(refused.value) == (
+        "unknown job kind 'emial'; known kinds: email, heartbeat, ledger.prune, ledger.rescue; register it with "
+        "@default_registry.kind in your app module and name the module with --app, LEDGER_APP or [tool.ledger] app"
+    )
     assert count_events(conn) == 0
+
+
+def test_an_insert_only_client_enqueues_a_kind_it_has_no_code_for_still_checking_options_and_json(
+    db_url: str, store: Store
+) -> None:
+    with Client(db_url, registry=registry(), insert_only=True) as client:
+        # Its own kinds are validated as usual...
+        with pytest.raises(InvalidArguments, match="field 'to': Field required"):
+            client.enqueue("email", {})
+        # ...options and JSON of the others too, before anything is written...
+        with pytest.raises(InvalidArguments, match="field 'priority'"):
+            client.enqueue("resize_image", {"w": 10}, priority=12)
+        with pytest.raises(InvalidArguments, match=r"args\.w: nan is not a JSON number"):
+            client.enqueue("resize_image", {"w": float("nan")})
+        assert store.jobs() == []
+        # ...and a kind it does not know goes in as given, with the defaults of ledger/defaults.py.
+        job = client.enqueue("resize_image", {"w": "not checked here"})
+    written = store.job(job)
+    assert written is not None
+    assert (written.kind, written.args, written.queue, written.priority, written.max_attempts) == (
+        "resize_image", {"w": "not checked here"}, "default", 5, 25,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ that breaks the document (status codes, content types, bodies)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,7 +30,7 @@ def fuzz_pool(server_url: str, template_db: str) -> Iterator[ConnectionPool[Any]
 
     from ledger.db import connect
 
-    name = "ledger_fuzz"
+    name = f"ledger_fuzz_{os.getpid()}"
     with connect(server_url) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.execute(f'CREATE DATABASE {name} TEMPLATE "{template_db}"')

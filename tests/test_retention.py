@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -11,9 +12,10 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import DictRow
 
 from ledger.db import connect
+from ledger.durations import parse_duration
 from ledger.errors import InvalidArguments
 from ledger.migrate import current_version, migrate, schema_version
-from ledger.retention import parse_duration, prune
+from ledger.retention import prune
 from ledger.store import Store
 
 from .conftest import count_events
@@ -216,7 +218,7 @@ def test_durations_that_are_not_understood_are_refused(text: str) -> None:
 def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_history(server_url: str) -> None:
     from pathlib import Path
 
-    name = "ledger_upgrade_v1"
+    name = f"ledger_upgrade_v1_{os.getpid()}"
     with connect(server_url) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import psycopg
 from psycopg.rows import DictRow
 
@@ -44,7 +46,7 @@ def test_migrate_twice_is_a_no_op(conn: psycopg.Connection[DictRow]) -> None:
 def test_migrate_applies_the_schema_to_an_empty_database_once(server_url: str) -> None:
     from psycopg.conninfo import make_conninfo
 
-    name = "ledger_migrate_probe"
+    name = f"ledger_migrate_probe_{os.getpid()}"
     with connect(server_url) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.execute(f"CREATE DATABASE {name}")

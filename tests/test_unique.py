@@ -81,3 +81,31 @@ def test_a_replay_that_would_take_a_held_key_is_refused_clearly(store: Store) ->
     with pytest.raises(IllegalTransition, match=f"job {first} cannot be replayed: job {second} holds its unique key"):
         store.replay(first)
     assert store.projections_diff() == [] and store.events_verify() == []
+
+
+def test_the_client_gives_a_kinds_rule_and_an_enqueues_own_and_says_which_were_duplicates(db_url: str) -> None:
+    from pydantic import BaseModel
+
+    from ledger.client import Client
+    from ledger.kinds import builtin_registry
+    from ledger.models import Unique
+
+    class Report(BaseModel):
+        customer: str
+        day: str
+
+    registry = builtin_registry()
+    registry.kind("report", args=Report, unique=Unique(args=["customer"]))(lambda ctx: None)
+    with Client(db_url, registry=registry) as client:
+        first = client.enqueue("report", {"customer": "c1", "day": "mon"})
+        same_customer = client.enqueue("report", {"customer": "c1", "day": "tue"})
+        other = client.enqueue("report", {"customer": "c2", "day": "mon"})
+        assert (same_customer, same_customer.duplicate, other.duplicate) == (first, True, False)
+        # An enqueue's own rule takes the kind's place: here, an explicit key.
+        a = client.enqueue("report", {"customer": "c3", "day": "x"}, unique=Unique(key="nightly"))
+        b = client.enqueue("report", {"customer": "c4", "day": "y"}, unique=Unique(key="nightly"))
+        assert b == a and b.duplicate
+        batch = client.enqueue_many([{"kind": "report", "args": {"customer": "c1", "day": "w"}},
+                                     {"kind": "heartbeat", "unique": {"key": "hb", "period": 60}},
+                                     {"kind": "heartbeat", "unique": {"key": "hb", "period": 60}}])  # fmt: skip
+        assert [j.duplicate for j in batch] == [True, False, True] and batch[0] == first

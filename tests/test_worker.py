@@ -105,6 +105,9 @@ def test_a_second_signal_abandons_running_jobs_to_the_rescue(
 ) -> None:
     w = WorkerProcess(db_url, *QUIET, name="quitter").started()
     workers.append(w)
+    # The start-up's periodic jobs (heartbeat, rescue, prune) first: one still
+    # running at the second signal would be abandoned too.
+    wait_until(lambda: states(store, [1, 2, 3]) == {"succeeded": 3}, what="the periodic jobs of start-up")
     ids = enqueue(store, "sleep", 2, {"seconds": 30})
     wait_until(lambda: states(store, ids) == {"running": 2}, what="two running jobs")
     w.signal(signal.SIGINT)
@@ -243,7 +246,10 @@ def test_a_job_that_runs_too_long_is_cancelled_and_counted_as_a_failed_attempt(
     line = next(x for x in w.lines if f'"job {job} attempt failed"' in x)
     for field in ('"kind": "sluggish"', f'"job_id": {job}', '"attempt": "1/1"', '"will_retry": false'):
         assert field in line
-    hooks = side.execute("SELECT worker FROM executions WHERE job_id = %s", [job]).fetchall()
+    # The hook runs after that line is logged (and opens its own pool): wait for its row.
+    hooks = wait_until(
+        lambda: side.execute("SELECT worker FROM executions WHERE job_id = %s", [job]).fetchall(), 10, "the hook"
+    )
     assert hooks == [{"worker": "hook:False"}]
 
 
@@ -385,3 +391,32 @@ def test_cancelling_a_running_job_stops_its_body_and_the_history_says_who_and_wh
     assert executions(side) == {}, "neither body ran to its own end"
     assert states(store, [async_job, sync_job]) == {"cancelled": 2}
     assert w.stop() == 0
+
+
+def test_an_insert_only_job_with_bad_args_fails_in_the_worker_naming_the_field(
+    db_url: str, store: Store, workers: list[WorkerProcess]
+) -> None:
+    from ledger.client import Client
+    from ledger.kinds import builtin_registry
+
+    # This process has no code for `sleep`: the insert-only client writes it as it is.
+    with Client(db_url, registry=builtin_registry(), insert_only=True) as client:
+        job = client.enqueue("sleep", {"seconds": "a while"}, max_attempts=1)
+    w = WorkerProcess(db_url, *QUIET)
+    workers.append(w.started())
+    wait_until(lambda: states(store, [job]) == {"discarded": 1}, what="the job to be discarded")
+    last = store.job(job)
+    assert last is not None and last.last_error is not None
+    assert last.last_error.startswith("invalid args for job kind 'sleep': field 'seconds'")
+
+
+def test_the_start_up_line_names_the_app_the_kinds_and_the_database(db_url: str, workers: list[WorkerProcess]) -> None:
+    w = WorkerProcess(db_url, *QUIET)
+    workers.append(w.started())
+    [line] = [line for line in w.lines if '"msg": "worker w: queues=' in line]
+    assert "app=tests.jobapp (from --app)" in line
+    kinds = line.split("kinds=")[1].split()[0].split(",")
+    assert {"crowd", "flaky", "free", "heartbeat", "hopeless", "ledger.prune", "ledger.rescue", "noop"} <= set(kinds)
+    assert "database=postgresql://" in line
+    assert "periodic job enqueued" not in w.log, "debug output"
+    assert "database: " not in w.log, "named once, in the start-up line"

@@ -12,10 +12,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from ledger.db import connect, database_url
-from ledger.errors import ConfigError
 from ledger.kinds import Registry, default_registry
 from ledger.migrate import migrate
-from ledger.settings import Settings, get_settings
+from ledger.settings import Settings, get_settings, load_settings
 
 from . import errors
 from .api import JOB_ID, CountsResource, JobActionResource, JobResource, JobsResource
@@ -27,6 +26,7 @@ from .security import BodyLimit, SameOrigin, SecurityHeaders
 from .sessions import Sessions
 from .settings import WebSettings
 from .signin import Login, Logout
+from .startup import check_settings
 from .throttle import Throttle
 
 __all__ = ["create_app"]
@@ -61,9 +61,8 @@ def create_app(
 ) -> falcon.App[Any, Any]:
     """The app, with a connection pool of `web.pool_size` (one per gunicorn thread)."""
     settings = settings or get_settings()
-    web = web or WebSettings()
-    if settings.production and not web.api_token:
-        raise ConfigError("LEDGER_API_TOKEN is required in production (it protects the API and the dashboard)")
+    web = web or load_settings(WebSettings)
+    check_settings(settings, web)
     debug_routes = web.debug_routes if web.debug_routes is not None else not settings.production
     if pool is None:
         url = database_url(settings)

@@ -13,6 +13,7 @@ from ledger.errors import (
     InvalidArguments,
     JobNotFound,
     LedgerError,
+    PermissionDenied,
     UnknownKind,
     VersionConflict,
 )
@@ -26,6 +27,8 @@ _STATUS: list[tuple[type[LedgerError], str, str]] = [
     (VersionConflict, falcon.HTTP_409, "version conflict"),
     (JobNotFound, falcon.HTTP_404, "job not found"),
     (DatabaseUnavailable, falcon.HTTP_503, "database unavailable"),
+    # The app's database role may not do this (a dashboard served by the read-only role, say).
+    (PermissionDenied, falcon.HTTP_403, "not allowed to this database role"),
 ]
 
 

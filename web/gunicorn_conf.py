@@ -1,14 +1,27 @@
-"""gunicorn settings for the ledger web app; every value can be overridden on the command line."""
+"""gunicorn settings for the ledger web app; every value can be overridden on the command line.
+
+gunicorn imports this module once, in its master process, before it forks
+the workers: that is where the settings, the application module and the
+database are checked (web/startup.py), so a mistake ends gunicorn with one
+`error:` line instead of every worker's traceback at boot.
+"""
 
 from __future__ import annotations
 
-import os
+from ledger.console import fail
+from ledger.errors import LedgerError
+from ledger.web.startup import check
 
-bind = f"{os.environ.get('LEDGER_WEB_HOST', '127.0.0.1')}:{os.environ.get('LEDGER_WEB_PORT', '8000')}"
-workers = int(os.environ.get("LEDGER_WEB_WORKERS", "2"))
+try:
+    _web = check()
+except LedgerError as exc:
+    fail(str(exc))
+
+bind = f"{_web.web_host}:{_web.web_port}"
+workers = _web.web_workers
 worker_class = "gthread"
 # One pool connection per thread: LEDGER_POOL_SIZE defaults to the same 8.
-threads = int(os.environ.get("LEDGER_WEB_THREADS", os.environ.get("LEDGER_POOL_SIZE", "8")))
+threads = _web.web_threads or _web.pool_size
 timeout = 30
 graceful_timeout = 10
 accesslog = "-"

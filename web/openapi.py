@@ -65,6 +65,7 @@ def _schema(model: type[BaseModel], defs: dict[str, Any]) -> dict[str, Any]:
 def _job_request(registry: Registry, defs: dict[str, Any]) -> dict[str, Any]:
     """JobRequest as one variant per registered kind: the kind's name and its args model's schema."""
     base = TypeAdapter(JobRequest).json_schema(ref_template=REF)
+    defs.update(base.pop("$defs", {}))  # Unique, JobState: what the request's own fields refer to
     variants = []
     for name, kind in sorted(registry.kinds.items()):
         args = kind.args_model.model_json_schema(ref_template=REF)

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ledger.durations import parse_duration
 from ledger.errors import InvalidArguments
-from ledger.retention import parse_duration
 
 __all__ = ["WebSettings"]
 
@@ -56,3 +56,11 @@ class WebSettings(BaseSettings):
     """LEDGER_MAX_BODY: largest request body in bytes; larger ones get 413."""
     pool_size: int = Field(8, ge=1)
     """LEDGER_POOL_SIZE: connections per gunicorn worker process (match its threads)."""
+    web_host: str = "127.0.0.1"
+    """LEDGER_WEB_HOST: the address gunicorn binds (web/gunicorn_conf.py)."""
+    web_port: int = Field(8000, ge=1, le=65535)
+    """LEDGER_WEB_PORT: the port gunicorn binds."""
+    web_workers: int = Field(2, ge=1)
+    """LEDGER_WEB_WORKERS: gunicorn worker processes."""
+    web_threads: int | None = Field(None, ge=1)
+    """LEDGER_WEB_THREADS: threads per process; unset, LEDGER_POOL_SIZE (one pool connection per thread)."""

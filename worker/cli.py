@@ -23,7 +23,9 @@ def worker(
     rescue_every: float | None = typer.Option(None, help="Period of the orphan rescue job, seconds."),
     retention: str | None = typer.Option(None, help="How long finished jobs keep their history (7d, 12h; off)."),
     prune_every: float | None = typer.Option(None, help="Period of the retention job, seconds."),
-    app_module: str | None = typer.Option(None, "--app", help="Module that registers your job kinds (or LEDGER_APP)."),
+    app_module: str | None = typer.Option(
+        None, "--app", help="Module that registers your job kinds (else LEDGER_APP, else [tool.ledger] app)."
+    ),
 ) -> None:
     """Run the worker: claim jobs of the queues, run them, record outcomes, until SIGTERM/SIGINT."""
     import anyio
@@ -39,7 +41,7 @@ def worker(
     from .runtime import Worker
 
     try:
-        load_app(app_module)
+        app = load_app(app_module)
     except LedgerError as exc:
         fail(str(exc))
     given: dict[str, Any] = {
@@ -55,7 +57,7 @@ def worker(
     logging.getLogger().setLevel(logging.INFO)
     try:
         url = database_url()
-        code = anyio.run(Worker(config, default_registry, url).run)
+        code = anyio.run(Worker(config, default_registry, url, app=app).run)
     except LedgerError as exc:
         fail(str(exc))
     sys.stdout.flush()

@@ -10,8 +10,8 @@ from datetime import timedelta
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ledger.durations import parse_duration
 from ledger.errors import InvalidArguments
-from ledger.retention import parse_duration
 
 __all__ = ["WorkerConfig", "parse_queues", "parse_retention"]
 

@@ -61,5 +61,6 @@ class Scheduler:
                     log.error("periodic %s not enqueued: %s", p.name, exc)
                     continue
                 if job_id is not None:
-                    log.info("periodic job enqueued", extra={"periodic": p.name, "kind": p.kind, "job_id": job_id})
+                    # Debug: the rescue alone would print this every 30 s.
+                    log.debug("periodic job enqueued", extra={"periodic": p.name, "kind": p.kind, "job_id": job_id})
             await anyio.sleep(self.tick)

@@ -25,7 +25,8 @@ import anyio.to_thread
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from ledger.db import connect
+from ledger.apps import App
+from ledger.db import connect, describe
 from ledger.kinds import Registry
 from ledger.migrate import migrate
 from ledger.store import Store
@@ -45,8 +46,9 @@ log = logging.getLogger("worker")
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, registry: Registry, database_url: str) -> None:
+    def __init__(self, config: WorkerConfig, registry: Registry, database_url: str, *, app: App | None = None) -> None:
         self.config = config
+        self.app = app
         # This worker's own view: the app's kinds, the maintenance handlers, its schedule.
         self.registry = worker_registry(registry, config)
         self.url = database_url
@@ -76,7 +78,7 @@ class Worker:
         try:
             completer = Completer(pool, self.registry, self.config.id)
             producer = Producer(pool, self.url, self.config, self.registry, completer)
-            log.info(self.config.describe())
+            log.info(self._describe())
             async with anyio.create_task_group() as services:
                 services.start_soon(self._signals, producer)
                 services.start_soon(Heartbeat(pool, self.config.id, self.config.lease, producer).run)
@@ -101,6 +103,13 @@ class Worker:
             "mean_cycle_ms": round(stats["cycle_us"] / cycles / 1000, 2),
         })  # fmt: skip
         return 1 if abandoned else 0
+
+    def _describe(self) -> str:
+        """The start-up line: what this worker runs, for whom, against which database."""
+        return (
+            f"{self.config.describe()} app={self.app or 'none (--app, LEDGER_APP or [tool.ledger] app)'} "
+            f"kinds={','.join(sorted(self.registry.kinds))} database={describe(self.url)}"
+        )
 
     def _migrate(self) -> None:
         """The schema where it is missing (in development), then this worker's kinds' and queues' limits."""

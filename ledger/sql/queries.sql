@@ -190,3 +190,22 @@ SELECT ledger.limit_clear(%(scope)s) AS cleared;
 
 -- name: limits_list
 SELECT * FROM ledger.read_limits ORDER BY scope;
+
+-- ---- package / CLI (issue 14)
+
+-- name: queue_waits
+-- Per queue: the jobs due now that no worker has claimed, and how long the
+-- oldest of them has waited since it became due. Claimable rows are exactly
+-- those of the partial index jobs_claim_idx, so this reads the backlog only.
+SELECT queue, count(*) AS due, min(run_at) AS oldest_due_at, now() - min(run_at) AS oldest_wait
+FROM ledger.jobs
+WHERE state IN ('available', 'scheduled', 'retryable') AND run_at <= now()
+GROUP BY queue
+ORDER BY queue;
+
+-- name: server_connections_other
+-- Other sessions on this server (any database): a worker or a web app still
+-- using the embedded server that `ledger db stop` is about to stop.
+SELECT count(*) AS sessions, coalesce(string_agg(DISTINCT datname, ', '), '') AS databases
+FROM pg_stat_activity
+WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();
