@@ -887,7 +887,10 @@ BEGIN
         WHERE j.state IN ('available', 'scheduled', 'retryable')
           AND j.queue = job_claim.queue AND j.run_at <= now()
           AND (job_claim.kinds IS NULL OR j.kind = ANY (job_claim.kinds))
-          AND (ids IS NULL OR j.id = ANY (ids))
+          -- A limited job only as the limited path chose it: one enqueued between the
+          -- check above and this statement waits for the next claim (an overloaded
+          -- machine showed this window let a claim take limited jobs unchecked).
+          AND CASE WHEN ids IS NULL THEN j.limit_key IS NULL ELSE j.id = ANY (ids) END
         ORDER BY j.priority, j.run_at, j.id
         LIMIT n
         FOR UPDATE SKIP LOCKED

@@ -7,6 +7,7 @@ failure points at the service.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -195,23 +196,32 @@ def test_the_heartbeat_waits_while_a_claim_from_before_its_last_beat_is_still_ou
 def test_the_producer_claims_runs_and_records_every_job_within_its_concurrency(
     db_url: str, store: Store, cycles: int
 ) -> None:
-    ids = enqueue(store, 200)
     registry = app_registry()
+    live, peak = 0, 0
+
+    @registry.kind("slow", queue="q")
+    async def slow(ctx: JobContext[NoArgs]) -> None:
+        # The bodies count themselves: how many run at once is measured where they run.
+        nonlocal live, peak
+        live += 1
+        peak = max(peak, live)
+        await asyncio.sleep(0.005)
+        live -= 1
+
+    ids = enqueue(store, 200, kind="slow")
 
     async def body(pool: AsyncConnectionPool[Any]) -> None:
         config = WorkerConfig(queues="q=7", cycles=cycles, id="p")
         producer = Producer(pool, db_url, config, registry, Completer(pool, registry, "p"))
-        peak = 0
         async with anyio.create_task_group() as tg:
             tg.start_soon(producer.run)
             producer.wake()
-            while store.job(ids[-1]).state != "succeeded" or producer.running:  # type: ignore[union-attr]
-                peak = max(peak, producer.active["q"])
-                await anyio.sleep(0.001)
+            while producer.stats["claimed"] < 200 or producer.running:
+                await anyio.sleep(0.01)
             tg.cancel_scope.cancel()
-        assert 0 < peak <= 7
         assert producer.stats["claimed"] == 200
 
     run(db_url, body)
+    assert 1 < peak <= 7, peak
     assert {j.state for j in map(store.job, ids) if j} == {"succeeded"}
     assert store.projections_diff() == []
