@@ -35,6 +35,7 @@ from .config import WorkerConfig
 from .heartbeat import Heartbeat
 from .listener import Listener
 from .maintenance import worker_registry
+from .metrics import WorkerMetrics
 from .periodic import Scheduler
 from .producer import Producer
 
@@ -51,6 +52,9 @@ class Worker:
         self.url = database_url
         self.abandoning = anyio.Event()
         self.stop_requested = anyio.Event()
+        self.metrics: WorkerMetrics | None = None
+        self.metrics_port: int | None = None
+        """The port the metrics endpoint is bound to, once it is (config.metrics_port may be 0)."""
 
     async def run(self) -> int:
         """Run until a signal stops it; 0 when every job finished, 1 when some were abandoned."""
@@ -76,6 +80,10 @@ class Worker:
             completer = Completer(pool, self.registry, self.config.id)
             producer = Producer(pool, self.url, self.config, self.registry, completer)
             log.info(self.config.describe())
+            if self.config.metrics_port is not None:
+                self.metrics = WorkerMetrics()
+                self.metrics.watch(producer)
+                self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
             async with anyio.create_task_group() as services:
                 services.start_soon(self._signals, producer)
                 services.start_soon(Heartbeat(pool, self.config.id, self.config.lease, producer).run)
@@ -91,6 +99,8 @@ class Worker:
                 services.cancel_scope.cancel()
             await self._leave(pool)
         finally:
+            if self.metrics is not None:
+                self.metrics.close()
             await pool.close()
         stats = producer.stats
         cycles = stats["cycles"] or 1
