@@ -16,7 +16,7 @@ the caller's transaction (`conn.transaction()`, or a connection that is not
 autocommit) it joins it. Every method opens its own cursor, a plain
 server-binding one with its own row factory, so a store works on a connection
 of any row factory and any cursor factory: an ORM's connection (Django's sets
-client-side binding, which cannot send the binary arrays of an enqueue) is
+client-side binding, which cannot read the binary results of a claim) is
 used as it is, inside the ORM's transaction (ledger/orm.py).
 """
 

@@ -98,6 +98,13 @@ def _matches(
     )
 
 
+def _wanted(
+    kind: str | None, args: Mapping[str, Any] | None, queue: str | None, priority: int | None
+) -> dict[str, Any]:
+    given = {"kind": kind, "args": args, "queue": queue, "priority": priority}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _describe(jobs: Sequence[Job]) -> str:
     if not jobs:
         return "  (none)"
@@ -191,7 +198,11 @@ class LedgerTesting:
         """Assert a matching job waits to run (exactly `count` of them, if given); the newest match."""
         found = self.enqueued(kind, args=args, queue=queue, priority=priority)
         if not found or (count is not None and len(found) != count):
-            wanted = {k: v for k, v in {"kind": kind, "args": args, "queue": queue, "priority": priority}.items() if v}
+            wanted = {
+                k: v
+                for k, v in {"kind": kind, "args": args, "queue": queue, "priority": priority}.items()
+                if v is not None
+            }
             many = f"{count} job(s)" if count is not None else "a job"
             raise AssertionError(
                 f"expected {many} matching {wanted} to be enqueued, found {len(found)}; "
@@ -210,7 +221,11 @@ class LedgerTesting:
         """Assert no matching job waits to run."""
         found = self.enqueued(kind, args=args, queue=queue, priority=priority)
         if found:
-            wanted = {k: v for k, v in {"kind": kind, "args": args, "queue": queue, "priority": priority}.items() if v}
+            wanted = {
+                k: v
+                for k, v in {"kind": kind, "args": args, "queue": queue, "priority": priority}.items()
+                if v is not None
+            }
             raise AssertionError(f"expected no job matching {wanted} to be enqueued; found:\n{_describe(found)}")
 
     # ------------------------------------------------------------ running jobs
