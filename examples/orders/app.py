@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel
 from psycopg.conninfo import conninfo_to_dict
+from pydantic import BaseModel
 from sqlalchemy import URL, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
