@@ -12,6 +12,7 @@ from examples.orders import jobs
 from examples.orders.app import create_app
 from ledger.kinds import Registry
 from ledger.worker.testing import LedgerTesting
+from tests.workers import WorkerProcess, wait_until
 
 
 @pytest.fixture
@@ -88,3 +89,12 @@ def test_a_drain_records_a_failed_attempt_as_retryable(
     assert ledger_jobs.drain() == []
     with pytest.raises(AssertionError, match=r"expected a job matching \{'kind': 'send_receipt'\}"):
         ledger_jobs.assert_enqueued("send_receipt")
+
+
+def test_the_shops_worker_mails_the_receipts_of_committed_orders(ledger_jobs: LedgerTesting, shop: TestClient) -> None:
+    order = shop.post("/orders", json={"email": "ada@example.org", "item": "book"}).json()
+    worker = WorkerProcess(ledger_jobs.url, "--queues", "default=2,mail=2", app="examples.orders.worker").started()
+    try:
+        wait_until(lambda: ledger_jobs.job(order["receipt_job"]).state == "succeeded", what="the receipt job")
+    finally:
+        assert worker.stop() == 0
