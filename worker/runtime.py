@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -35,9 +35,11 @@ from .config import WorkerConfig
 from .heartbeat import Heartbeat
 from .listener import Listener
 from .maintenance import worker_registry
-from .metrics import WorkerMetrics
 from .periodic import Scheduler
 from .producer import Producer
+
+if TYPE_CHECKING:
+    from .metrics import WorkerMetrics
 
 __all__ = ["Worker"]
 
@@ -81,6 +83,9 @@ class Worker:
             producer = Producer(pool, self.url, self.config, self.registry, completer)
             log.info(self.config.describe())
             if self.config.metrics_port is not None:
+                # Imported here: a worker without an endpoint needs no prometheus_client.
+                from .metrics import WorkerMetrics
+
                 self.metrics = WorkerMetrics()
                 self.metrics.watch(producer)
                 self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
