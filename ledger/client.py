@@ -8,6 +8,11 @@ themselves are validated by the worker that runs the job (a bad field is a
 failed attempt naming it), and an unregistered kind takes the defaults of
 ledger/defaults.py (queue `default`, priority 5, 25 attempts), not its
 registration's: pass `queue=` and friends when they differ.
+
+The caller's transaction may be a psycopg connection's, a SQLAlchemy
+session's or Django's (ledger/orm.py finds the psycopg connection under
+them). With OpenTelemetry configured, an enqueue is a span and records its
+trace context in the job's history (ledger/tracing.py).
 """
 
 from __future__ import annotations
@@ -16,21 +21,23 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import psycopg
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from . import tracing
 from .db import connect, connection_problem, database_url
 from .errors import DatabaseUnavailable, InvalidArguments, UnknownKind
 from .jsoncheck import check_json, dump_json
 from .kinds import Kind, Registry, default_registry, error_fields, format_validation_error
 from .models import JobId, JobRequest, Unique
+from .orm import AsyncTransactional, Transactional, async_psycopg_connection, psycopg_connection
 from .statements import EnqueueRow, UniqueRow
 from .store import Store
 from .store_async import AsyncStore
 
-__all__ = ["AsyncClient", "Client", "JobRequest"]
+__all__ = ["AsyncClient", "Client", "InlineRunner", "JobRequest", "set_inline_runner"]
 
 _REQUESTS = TypeAdapter(list[JobRequest])
 
@@ -142,6 +149,26 @@ def _kind(registry: Registry, name: str, insert_only: bool) -> Kind[Any]:
         raise
 
 
+class InlineRunner(Protocol):
+    """Runs jobs the moment they are enqueued, on the connection (and in the transaction) that enqueued
+    them: the pytest plugin's inline mode (ledger/worker/testing.py). None outside tests."""
+
+    def run(self, conn: psycopg.Connection[Any], ids: Sequence[int]) -> None: ...
+
+    async def run_async(self, conn: psycopg.AsyncConnection[Any], ids: Sequence[int]) -> None: ...
+
+
+_inline: InlineRunner | None = None
+
+
+def set_inline_runner(runner: InlineRunner | None) -> InlineRunner | None:
+    """Install (or, with None, remove) the runner every enqueue of this process hands its jobs to;
+    returns the one it replaces. The core has no runner: the test plugin brings one."""
+    global _inline
+    before, _inline = _inline, runner
+    return before
+
+
 def _one(kind: str, args: Mapping[str, Any] | BaseModel | None, options: dict[str, Any]) -> dict[str, Any]:
     data = args.model_dump(mode="json") if isinstance(args, BaseModel) else dict(args or {})
     return {"kind": kind, "args": data, **{k: v for k, v in options.items() if v is not None}}
@@ -176,10 +203,11 @@ class Client:
         max_attempts: int | None = None,
         run_at: datetime | None = None,
         unique: Unique | None = None,
-        conn: psycopg.Connection[Any] | None = None,
+        conn: Transactional | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> JobId:
-        """Enqueue one job; returns its id."""
+        """Enqueue one job; returns its id. `conn`: a psycopg connection, SQLAlchemy Session or
+        Connection, or Django's connection, whose transaction the job joins."""
         opts = {"queue": queue, "priority": priority, "max_attempts": max_attempts, "run_at": run_at, "unique": unique}
         return self.enqueue_many([_one(kind, args, opts)], conn=conn, metadata=metadata)[0]
 
@@ -187,12 +215,20 @@ class Client:
         self,
         jobs: Iterable[Mapping[str, Any]],
         *,
-        conn: psycopg.Connection[Any] | None = None,
+        conn: Transactional | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> list[JobId]:
         """Enqueue many jobs in one statement; returns their ids in order."""
         rows, unique = prepare(self.registry, jobs, insert_only=self.insert_only)
-        return Store(conn or self._connection()).enqueue_many(rows, metadata, unique=unique)
+        if not rows:
+            return []
+        target = psycopg_connection(conn) if conn is not None else self._connection()
+        with tracing.enqueue_span([r[0] for r in rows], [r[2] for r in rows], metadata) as (span, meta):
+            ids = Store(target).enqueue_many(rows, meta, unique=unique)
+            tracing.enqueued(span, ids)
+        if _inline is not None:
+            _inline.run(target, ids)
+        return ids
 
     def close(self) -> None:
         if self._conn is not None:
@@ -226,9 +262,11 @@ class AsyncClient:
         max_attempts: int | None = None,
         run_at: datetime | None = None,
         unique: Unique | None = None,
-        conn: psycopg.AsyncConnection[Any] | None = None,
+        conn: AsyncTransactional | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> JobId:
+        """Enqueue one job; returns its id. `conn`: a psycopg AsyncConnection, or a SQLAlchemy
+        AsyncSession or AsyncConnection, whose transaction the job joins."""
         opts = {"queue": queue, "priority": priority, "max_attempts": max_attempts, "run_at": run_at, "unique": unique}
         return (await self.enqueue_many([_one(kind, args, opts)], conn=conn, metadata=metadata))[0]
 
@@ -236,11 +274,19 @@ class AsyncClient:
         self,
         jobs: Sequence[Mapping[str, Any]],
         *,
-        conn: psycopg.AsyncConnection[Any] | None = None,
+        conn: AsyncTransactional | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> list[JobId]:
         rows, unique = prepare(self.registry, jobs, insert_only=self.insert_only)
-        return await AsyncStore(conn or await self.connect()).enqueue_many(rows, metadata, unique=unique)
+        if not rows:
+            return []
+        target = await async_psycopg_connection(conn) if conn is not None else await self.connect()
+        with tracing.enqueue_span([r[0] for r in rows], [r[2] for r in rows], metadata) as (span, meta):
+            ids = await AsyncStore(target).enqueue_many(rows, meta, unique=unique)
+            tracing.enqueued(span, ids)
+        if _inline is not None:
+            await _inline.run_async(target, ids)
+        return ids
 
     async def connect(self) -> psycopg.AsyncConnection[Any]:
         """The client's own connection (autocommit), opened now if it is not open yet."""

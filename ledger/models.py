@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any, NotRequired
@@ -63,6 +64,16 @@ def _whole_number(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+def _json_text(value: Any) -> Any:
+    # A connection may load jsonb as text: Django's psycopg backend registers such a loader
+    # so that its JSONField decodes for itself, and inline jobs run on Django's connection.
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+JsonObject = Annotated[dict[str, Any], BeforeValidator(_json_text)]
+JsonList = Annotated[list[dict[str, Any]], BeforeValidator(_json_text)]
 
 
 NO_NUL = "^[^\u0000]*$"  # PostgreSQL text cannot hold NUL
@@ -164,7 +175,7 @@ class Job(BaseModel):
     kind: str
     queue: str
     priority: int
-    args: dict[str, Any]
+    args: JsonObject
     state: JobState
     attempt: int
     max_attempts: int
@@ -192,8 +203,8 @@ class Event(BaseModel):
     version: int
     type: EventType
     at: datetime
-    data: dict[str, Any]
-    metadata: dict[str, Any]
+    data: JsonObject
+    metadata: JsonObject
 
 
 class DiscardedJob(BaseModel):
@@ -204,10 +215,10 @@ class DiscardedJob(BaseModel):
     job_id: int
     kind: str
     queue: str
-    args: dict[str, Any]
+    args: JsonObject
     attempt: int
     max_attempts: int
-    errors: list[dict[str, Any]]
+    errors: JsonList
     discarded_at: datetime
     last_error: str | None
 

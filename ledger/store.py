@@ -6,6 +6,7 @@ See ledger/store_async.py for what the store is and why every statement goes thr
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -52,21 +53,25 @@ class Store:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
 
+    def _cursor(self, row_factory: Any) -> psycopg.Cursor[Any]:
+        # Not conn.cursor(): that follows the connection's cursor_factory, which an ORM may have set.
+        return psycopg.Cursor(self.conn, row_factory=row_factory)
+
     def _rows(self, name: str, params: Mapping[str, Any] | None = None) -> list[DictRow]:
-        with self.conn.cursor(row_factory=dict_row) as cur:
+        with self._cursor(dict_row) as cur:
             with refusals():
                 cur.execute(query(name), params or {})
             return cur.fetchall()
 
     def _run(self, name: str, params: Mapping[str, Any] | None = None) -> None:
         """A statement whose rows, if any, nobody reads."""
-        with self.conn.cursor() as cur:
+        with self._cursor(tuple_row) as cur:
             with refusals():
                 cur.execute(query(name), params or {})
 
     def _tuples(self, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Rows as tuples: no dict per row (a batch enqueue returns a thousand)."""
-        with self.conn.cursor(row_factory=tuple_row) as cur:
+        with self._cursor(tuple_row) as cur:
             with refusals():
                 cur.execute(query(name), params)
             return cur.fetchall()
@@ -126,6 +131,13 @@ class Store:
         """(metric, kind, le, count, sum) of every histogram bucket, after metrics_refresh()."""
         return self._rows("metrics_histogram")
 
+    def trace_carriers(self, job_ids: Sequence[int]) -> dict[int, dict[str, str]]:
+        """job id -> the trace context its enqueue recorded (the `trace` of its `enqueued` event's
+        metadata, ledger/tracing.py), for the jobs that have one."""
+        rows = self._rows("trace_carriers", {"ids": list(job_ids)})
+        # json.loads: a connection may load jsonb as text (Django's does; see models._json_text).
+        return {r["job_id"]: json.loads(t) if isinstance(t := r["trace"], str) else t for r in rows}
+
     def db_now_minus(self, period: timedelta) -> datetime:
         """now() - period on the database's clock, which every event's time is written with."""
         at: datetime = self._one("db_now_minus", {"period": period})["at"]
@@ -159,7 +171,7 @@ class Store:
         Binary results and a row factory that builds Jobs without validating
         them (models.job_rows): this is the worker's hot path.
         """
-        cur = self.conn.cursor(row_factory=job_rows)
+        cur = self._cursor(job_rows)
         cur.execute(query("job_claim"), claim_params(queue, n, worker, lease, kinds), binary=True)
         return cur.fetchall()
 
@@ -429,6 +441,15 @@ class Store:
         # workers: a UniqueViolation on pg_database); either way it exists after.
         with contextlib.suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
             self.conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    def database_clone(self, name: str, template: str) -> None:
+        """Create database `name` as a copy of `template` (the pytest plugin's fresh database per test)."""
+        stmt = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
+        self.conn.execute(stmt)
+
+    def database_drop(self, name: str) -> None:
+        """Drop database `name` if it exists, ending the sessions still connected to it."""
+        self.conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
     # ---- web sessions
     # The web app's sessions and sign-in throttle: web/sessions.py and

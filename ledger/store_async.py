@@ -13,13 +13,17 @@ from its async code the same way), and a test fails when the two drift.
 
 With an autocommit connection each command is its own transaction; inside
 the caller's transaction (`conn.transaction()`, or a connection that is not
-autocommit) it joins it. Every method opens its own cursor with its own row
-factory, so a store works on a connection of any row factory.
+autocommit) it joins it. Every method opens its own cursor, a plain
+server-binding one with its own row factory, so a store works on a connection
+of any row factory and any cursor factory: an ORM's connection (Django's sets
+client-side binding, which cannot read the binary results of a claim) is
+used as it is, inside the ORM's transaction (ledger/orm.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -66,21 +70,25 @@ class AsyncStore:
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self.conn = conn
 
+    def _cursor(self, row_factory: Any) -> psycopg.AsyncCursor[Any]:
+        # Not conn.cursor(): that follows the connection's cursor_factory, which an ORM may have set.
+        return psycopg.AsyncCursor(self.conn, row_factory=row_factory)
+
     async def _rows(self, name: str, params: Mapping[str, Any] | None = None) -> list[DictRow]:
-        async with self.conn.cursor(row_factory=dict_row) as cur:
+        async with self._cursor(dict_row) as cur:
             with refusals():
                 await cur.execute(query(name), params or {})
             return await cur.fetchall()
 
     async def _run(self, name: str, params: Mapping[str, Any] | None = None) -> None:
         """A statement whose rows, if any, nobody reads."""
-        async with self.conn.cursor() as cur:
+        async with self._cursor(tuple_row) as cur:
             with refusals():
                 await cur.execute(query(name), params or {})
 
     async def _tuples(self, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Rows as tuples: no dict per row (a batch enqueue returns a thousand)."""
-        async with self.conn.cursor(row_factory=tuple_row) as cur:
+        async with self._cursor(tuple_row) as cur:
             with refusals():
                 await cur.execute(query(name), params)
             return await cur.fetchall()
@@ -142,6 +150,13 @@ class AsyncStore:
         """(metric, kind, le, count, sum) of every histogram bucket, after metrics_refresh()."""
         return await self._rows("metrics_histogram")
 
+    async def trace_carriers(self, job_ids: Sequence[int]) -> dict[int, dict[str, str]]:
+        """job id -> the trace context its enqueue recorded (the `trace` of its `enqueued` event's
+        metadata, ledger/tracing.py), for the jobs that have one."""
+        rows = await self._rows("trace_carriers", {"ids": list(job_ids)})
+        # json.loads: a connection may load jsonb as text (Django's does; see models._json_text).
+        return {r["job_id"]: json.loads(t) if isinstance(t := r["trace"], str) else t for r in rows}
+
     async def db_now_minus(self, period: timedelta) -> datetime:
         """now() - period on the database's clock, which every event's time is written with."""
         at: datetime = (await self._one("db_now_minus", {"period": period}))["at"]
@@ -175,7 +190,7 @@ class AsyncStore:
         Binary results and a row factory that builds Jobs without validating
         them (models.job_rows): this is the worker's hot path.
         """
-        cur = self.conn.cursor(row_factory=job_rows)
+        cur = self._cursor(job_rows)
         await cur.execute(query("job_claim"), claim_params(queue, n, worker, lease, kinds), binary=True)
         return await cur.fetchall()
 
@@ -447,6 +462,15 @@ class AsyncStore:
         # workers: a UniqueViolation on pg_database); either way it exists after.
         with contextlib.suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
             await self.conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    async def database_clone(self, name: str, template: str) -> None:
+        """Create database `name` as a copy of `template` (the pytest plugin's fresh database per test)."""
+        stmt = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
+        await self.conn.execute(stmt)
+
+    async def database_drop(self, name: str) -> None:
+        """Drop database `name` if it exists, ending the sessions still connected to it."""
+        await self.conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
     # ---- web sessions
     # The web app's sessions and sign-in throttle: web/sessions.py and

@@ -30,6 +30,7 @@ See ledger/store_async.py for what the store is and why every statement goes thr
 REWRITES = [
     (r"\bAsyncStore\b", "Store"),
     (r"\bpsycopg\.AsyncConnection\b", "psycopg.Connection"),
+    (r"\bpsycopg\.AsyncCursor\b", "psycopg.Cursor"),
     (r"\basync def\b", "def"),
     (r"\basync with\b", "with"),
     (r"\basync for\b", "for"),

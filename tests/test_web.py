@@ -212,7 +212,8 @@ def test_metrics_expose_counts_events_and_histograms(client: falcon.testing.Test
     store.enqueue_many([("heartbeat", {}, "default", 5, 1, None)])
     store.conn.execute("SELECT ledger.metrics_refresh('0 seconds')")
     text = client.simulate_get("/metrics").text
-    assert 'ledger_jobs{state="available",queue="default"} 1' in text
+    # prometheus_client writes labels in name order (and values as floats: 1.0).
+    assert 'ledger_jobs{queue="default",state="available"} 1' in text
     assert "ledger_events_appended_total 4" in text
     assert 'ledger_job_run_seconds_bucket{kind="heartbeat",le="0.05"} 1' in text
     assert 'ledger_job_run_seconds_bucket{kind="heartbeat",le="0.025"} 0' in text

@@ -87,3 +87,34 @@ class WorkerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def run_worker_in_process(
+    url: str, registry: Any, config: Any, body: Callable[[Any], Any], *, timeout: float = 30.0
+) -> Any:
+    """Run a Worker (ledger.worker.runtime) in this process while `body(worker)` runs in a thread;
+    then stop it as a SIGTERM would. What `body` returned."""
+    import anyio
+    import anyio.to_thread
+
+    from ledger.worker.runtime import Worker
+
+    worker = Worker(config, registry, url)
+    result: list[Any] = []
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+
+            async def drive() -> None:
+                with anyio.fail_after(timeout):
+                    # Started once its metrics endpoint (when asked for) and producer are up.
+                    while config.metrics_port is not None and worker.metrics_port is None:
+                        await anyio.sleep(0.02)
+                    result.append(await anyio.to_thread.run_sync(body, worker))
+                worker.stop_requested.set()
+
+            tg.start_soon(drive)
+
+    anyio.run(main)
+    return result[0]

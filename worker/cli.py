@@ -26,6 +26,8 @@ def worker(
     app_module: str | None = typer.Option(
         None, "--app", help="Module that registers your job kinds (else LEDGER_APP, else [tool.ledger] app)."
     ),
+    metrics_port: int | None = typer.Option(None, help="Serve this worker's Prometheus metrics on this port."),
+    metrics_host: str | None = typer.Option(None, help="Address of the metrics endpoint (default 127.0.0.1)."),
 ) -> None:
     """Run the worker: claim jobs of the queues, run them, record outcomes, until SIGTERM/SIGINT."""
     import anyio
@@ -49,6 +51,7 @@ def worker(
         "shutdown_timeout": shutdown_timeout, "lease": lease,
         "heartbeat_every": heartbeat_every, "rescue_every": rescue_every,
         "retention": retention, "prune_every": prune_every,
+        "metrics_port": metrics_port, "metrics_host": metrics_host,
     }  # fmt: skip
     try:
         config = WorkerConfig(**{k: v for k, v in given.items() if v is not None})

@@ -39,7 +39,7 @@ from ledger.store_async import AsyncStore
 
 from .executor import Outcome
 
-__all__ = ["Completer", "Pending"]
+__all__ = ["Completer", "Pending", "outcome_metadata", "record_outcome", "run_error_hooks", "success_of"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,50 @@ def _wait_ms(o: Outcome) -> float | None:
     if o.job.attempted_at is None:
         return None
     return round(max((o.job.attempted_at - o.job.run_at).total_seconds(), 0) * 1000, 3)
+
+
+def success_of(o: Outcome) -> Success:
+    """A success as job_succeed_many records it: at the claim's version, with its run and wait times."""
+    return Success(o.job.id, o.job.version, _duration_ms(o), _wait_ms(o))
+
+
+def outcome_metadata(o: Outcome, worker: str) -> dict[str, Any]:
+    """The metadata of the event that records a failure, snooze or cancel."""
+    meta: dict[str, Any] = {"worker": worker, "duration_ms": _duration_ms(o)}
+    wait = _wait_ms(o)
+    if wait is not None:
+        meta["wait_ms"] = wait
+    if o.traceback:
+        meta["traceback"] = o.traceback
+    return meta
+
+
+async def record_outcome(store: AsyncStore, o: Outcome, worker: str) -> Job:
+    """Record a failure, snooze or cancel (one statement each), at the version the claim returned.
+
+    The completer's, and the pytest plugin's (ledger/worker/testing.py, which has a sync twin).
+    """
+    meta, version = outcome_metadata(o, worker), o.job.version
+    if o.kind in ("failed", "discarded"):
+        return await store.fail(
+            o.job.id, o.error or "", retry_at=o.retry_at, discard=o.kind == "discarded",
+            expected_version=version, metadata=meta,
+        )  # fmt: skip
+    if o.kind == "snoozed":
+        assert o.run_at is not None
+        return await store.snooze(o.job.id, o.run_at, expected_version=version, metadata=meta)
+    return await store.cancel(o.job.id, o.error, expected_version=version, metadata=meta)
+
+
+def run_error_hooks(registry: Registry, o: Outcome, recorded: Job | None) -> bool:
+    """Call the registry's on_error hooks after a failed attempt; whether the job will be retried."""
+    will_retry = recorded is not None and recorded.state == "retryable"
+    for hook in registry.error_hooks:
+        try:
+            hook(o.job, o.exception or RuntimeError(o.error or ""), will_retry)
+        except Exception:
+            log.exception("error hook %r failed", hook)
+    return will_retry
 
 
 class Completer:
@@ -95,7 +139,7 @@ class Completer:
 
     @staticmethod
     def successes(batch: list[Pending]) -> list[Success]:
-        return [Success(o.job.id, o.job.version, _duration_ms(o), _wait_ms(o)) for o, _ in batch]
+        return [success_of(o) for o, _ in batch]
 
     def settle(self, batch: list[Pending], recorded: dict[int, bool]) -> None:
         """After the cycle committed: release the waiting jobs; a success refused because the job
@@ -114,33 +158,12 @@ class Completer:
 
     # ------------------------------------------------------------ every other outcome, one statement each
 
-    def _meta(self, o: Outcome) -> dict[str, Any]:
-        meta: dict[str, Any] = {"worker": self.worker, "duration_ms": _duration_ms(o)}
-        wait = _wait_ms(o)
-        if wait is not None:
-            meta["wait_ms"] = wait
-        if o.traceback:
-            meta["traceback"] = o.traceback
-        return meta
-
-    async def _send(self, store: AsyncStore, o: Outcome) -> Job:
-        meta, version = self._meta(o), o.job.version
-        if o.kind in ("failed", "discarded"):
-            return await store.fail(
-                o.job.id, o.error or "", retry_at=o.retry_at, discard=o.kind == "discarded",
-                expected_version=version, metadata=meta,
-            )  # fmt: skip
-        if o.kind == "snoozed":
-            assert o.run_at is not None
-            return await store.snooze(o.job.id, o.run_at, expected_version=version, metadata=meta)
-        return await store.cancel(o.job.id, o.error, expected_version=version, metadata=meta)
-
     async def record(self, o: Outcome) -> None:
         """Record a failure, snooze or cancel now, retrying while the database is unavailable."""
         if o.kind == "stopped":
             await self.record_stop(o, o.error or "stopped on the cancel")
             return
-        job = await self._retrying(o, lambda store: self._send(store, o))
+        job = await self._retrying(o, lambda store: record_outcome(store, o, self.worker))
         if job is None:  # refused: cancelled meanwhile (recorded as the body's end), or rescued
             ended = o.kind + (f": {o.error}" if o.error else "")
             await self.record_stop(o, f"the body ended after the cancel ({ended})")
@@ -154,7 +177,7 @@ class Completer:
         was not cancelled but rescued and claimed again elsewhere, this is refused too,
         and the outcome is only logged.
         """
-        meta = self._meta(o)
+        meta = outcome_metadata(o, self.worker)
         stopped = await self._retrying(
             o,
             lambda store: store.stop(o.job.id, how, expected_version=o.job.version + 1, metadata=meta),
@@ -192,17 +215,12 @@ class Completer:
         job = o.job
         fields = {"kind": job.kind, "job_id": job.id, "attempt": f"{job.attempt}/{job.max_attempts}"}
         if o.kind in ("failed", "discarded"):
-            will_retry = recorded is not None and recorded.state == "retryable"
+            will_retry = run_error_hooks(self.registry, o, recorded)
             log.warning(
                 "job %s attempt failed",
                 job.id,
                 extra={**fields, "error": o.error, "will_retry": will_retry,
                        "retry_at": recorded.run_at.isoformat() if will_retry and recorded else None},
             )  # fmt: skip
-            for hook in self.registry.error_hooks:
-                try:
-                    hook(job, o.exception or RuntimeError(o.error or ""), will_retry)
-                except Exception:
-                    log.exception("error hook %r failed", hook)
         else:
             log.debug("job %s %s", job.id, o.kind, extra={**fields, "duration_ms": _duration_ms(o)})

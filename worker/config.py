@@ -74,6 +74,10 @@ class WorkerConfig(BaseSettings):
     Discarded jobs keep theirs until replayed (or pruned on purpose with `ledger prune --discarded`)."""
     prune_every: float = Field(3600.0, ge=1)
     """Period of the retention job (`ledger.prune`)."""
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """Serve this worker's Prometheus metrics on this port (worker/metrics.py); None: none. 0 picks a free port."""
+    metrics_host: str = "127.0.0.1"
+    """The address the metrics endpoint binds to: 0.0.0.0 for a Prometheus on another host."""
     id: str = Field(default_factory=_default_id)
     """This worker's name in events and the workers table."""
 
@@ -105,4 +109,5 @@ class WorkerConfig(BaseSettings):
             f"shutdown_timeout={self.shutdown_timeout}s "
             f"heartbeat_every={self.heartbeat_every}s rescue_every={self.rescue_every}s "
             f"retention={self.retention} prune_every={self.prune_every}s"
+            + (f" metrics={self.metrics_host}:{self.metrics_port}" if self.metrics_port is not None else "")
         )

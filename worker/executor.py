@@ -5,6 +5,10 @@ per-kind timeout cancels an attempt that runs too long and counts it as a
 failure. A sync handler cannot be interrupted: on timeout the worker stops
 waiting for its thread and records the failure, and the thread finishes on
 its own. Nothing here touches the database.
+
+With OpenTelemetry configured, each attempt runs in a span that is the child
+of the enqueue's (ledger/tracing.py); the caller passes the trace context the
+enqueue recorded.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import random
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -24,6 +28,7 @@ import anyio
 import anyio.to_thread
 from pydantic import ValidationError
 
+from ledger import tracing
 from ledger.errors import UnknownKind
 from ledger.kinds import JobCancel, JobContext, JobDiscard, JobSnooze, Registry, format_validation_error
 from ledger.models import Job
@@ -69,13 +74,32 @@ async def execute(
     clock: Callable[[], datetime] = _now,
     jitter: Callable[[], float] = random.random,
     cancelled: threading.Event | None = None,
+    trace: Mapping[str, str] | None = None,
 ) -> Outcome:
     """Run `job` to an Outcome; never raises for anything the handler does.
 
     `clock` and `jitter` feed the retry policy of a failed attempt; tests pass fixed ones.
     `cancelled` is the handler's ctx.cancelled: the producer sets it (and cancels this
-    task, for an async handler) when an operator cancels the job.
+    task, for an async handler) when an operator cancels the job. `trace` is the
+    trace context the job's enqueue recorded: the attempt's span is its child.
     """
+    if not tracing.enabled():  # the hot path pays one check
+        return await _execute(job, registry, worker, database_url, clock, jitter, cancelled)
+    with tracing.attempt_span(job, trace) as attempt:
+        outcome = await _execute(job, registry, worker, database_url, clock, jitter, cancelled)
+        attempt.outcome(outcome.kind, outcome.error, outcome.exception)
+        return outcome
+
+
+async def _execute(
+    job: Job,
+    registry: Registry,
+    worker: str,
+    database_url: str,
+    clock: Callable[[], datetime],
+    jitter: Callable[[], float],
+    cancelled: threading.Event | None,
+) -> Outcome:
     cancelled = cancelled or threading.Event()
     started = time.monotonic()
 

@@ -19,6 +19,10 @@ kind it does not know stays available for a worker that does. An operator's
 cancel of a running job arrives here (`cancel`, from the listener's NOTIFY
 or the heartbeat's check): an async body is cancelled, a sync one sees
 ctx.cancelled set.
+
+With OpenTelemetry configured, the trace context each claimed job's enqueue
+recorded is read in one query per claim (AsyncStore.trace_carriers), beside
+the jobs, which start at once and wait for it only when they begin their span.
 """
 
 from __future__ import annotations
@@ -32,12 +36,13 @@ import threading
 import time
 from collections import Counter
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from ledger import tracing
 from ledger.kinds import Registry
 from ledger.models import Job
 from ledger.store_async import AsyncStore
@@ -45,6 +50,9 @@ from ledger.store_async import AsyncStore
 from .completer import Completer
 from .config import WorkerConfig
 from .executor import execute
+
+if TYPE_CHECKING:
+    from prometheus_client import Histogram
 
 __all__ = ["Producer"]
 
@@ -74,6 +82,10 @@ class Producer:
         # What a claim may take: the kinds this worker can run (the built-ins and the app's).
         self.kinds = sorted(name for name, kind in registry.kinds.items() if kind.handler is not None)
         self.stats: Counter[str] = Counter()  # cycles, claimed, recorded, cycle_us: logged at stop
+        # What worker/metrics.py reports: plain counters here, read at scrape time.
+        self.claimed: Counter[str] = Counter()  # jobs claimed, per queue
+        self.outcomes: Counter[tuple[str, str]] = Counter()  # attempts, per (kind, outcome)
+        self.claim_seconds: Histogram | None = None  # set when the worker serves its metrics
         self.stopping = False
         self._wakes: list[anyio.Event] = []
         self._claimer: psycopg.AsyncConnection[Any] | None = None  # see _lone_claim
@@ -181,6 +193,7 @@ class Producer:
             self.claims_in_flight.add(seq)
         claimed: dict[str, list[Job]]
         recorded: dict[int, bool] = {}
+        sent = time.perf_counter()
         try:
             if not batch and len(wanted) == 1:
                 [(queue, n)] = wanted.items()
@@ -198,21 +211,27 @@ class Producer:
             self.claims_in_flight.discard(seq)
             for queue, n in wanted.items():
                 self.reserved[queue] -= n
+        if wanted and self.claim_seconds is not None:
+            self.claim_seconds.observe(time.perf_counter() - sent)
         self.completer.settle(batch, recorded)
         self.stats.update(cycles=1, recorded=len(batch), claimed=sum(len(g) for g in claimed.values()),
                           cycle_us=int((time.perf_counter() - began) * 1e6))  # fmt: skip
         more = False
         loop = asyncio.get_running_loop()
+        carriers: asyncio.Task[dict[int, dict[str, str]]] | None = None
+        if tracing.enabled() and any(claimed.values()):
+            carriers = loop.create_task(self._trace_carriers([j.id for got in claimed.values() for j in got]))
         for queue, got in claimed.items():
             # A queue that filled every slot asked for may have more waiting.
             more = more or len(got) == wanted[queue]
+            self.claimed[queue] += len(got)
             for job in got:
                 self.active[queue] += 1
                 self.running[job.id] = job
                 # A bare asyncio task per job (anyio's start_soon costs several times
                 # more); they are tracked so an abandon can cancel them.
                 cancelled = threading.Event()
-                task = loop.create_task(self._run_job(job, cancelled))
+                task = loop.create_task(self._run_job(job, cancelled, carriers))
                 self.tasks.add(task)
                 self.bodies[job.id] = (task, cancelled)
                 task.add_done_callback(self.tasks.discard)
@@ -241,14 +260,27 @@ class Producer:
         finally:
             self._claimer_busy = False
 
-    async def _run_job(self, job: Job, cancelled: threading.Event) -> None:
+    async def _trace_carriers(self, ids: list[int]) -> dict[int, dict[str, str]]:
+        """The trace contexts the claimed jobs' enqueues recorded; none if the database cannot say now
+        (the attempts then start traces of their own rather than wait)."""
+        try:
+            async with self.pool.connection() as conn:
+                return await AsyncStore(conn).trace_carriers(ids)
+        except (psycopg.Error, TimeoutError) as exc:
+            log.warning("could not read the trace context of %d claimed job(s): %s", len(ids), exc)
+            return {}
+
+    async def _run_job(
+        self, job: Job, cancelled: threading.Event, carriers: asyncio.Task[dict[int, dict[str, str]]] | None
+    ) -> None:
         # The slot is free once the body is done, not once its outcome is
         # committed: the next cycle then records this success and claims a
         # replacement in one transaction. (Freed at the commit, every other
         # cycle found no free slot and only recorded: measured, it halved
         # the drain.) The job stays in `running` until its outcome is recorded.
         try:
-            outcome = await execute(job, self.registry, self.config.id, self.url, cancelled=cancelled)
+            trace = (await carriers).get(job.id) if carriers is not None else None
+            outcome = await execute(job, self.registry, self.config.id, self.url, cancelled=cancelled, trace=trace)
         except BaseException:
             self.running.pop(job.id, None)  # abandoned: nothing to record
             raise
@@ -260,6 +292,7 @@ class Producer:
             # A sync body that ran on after its cancel: what is recorded is how it ended.
             ended = outcome.kind + (f": {outcome.error}" if outcome.error else "")
             outcome = dataclasses.replace(outcome, kind="stopped", error=f"the body ended after the cancel ({ended})")
+        self.outcomes[job.kind, outcome.kind] += 1
         if outcome.kind == "succeeded":
             # Handed to the next cycle; this task ends now (no task waits per
             # job) and the job leaves `running` when the cycle has committed it.

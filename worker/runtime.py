@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -40,6 +40,9 @@ from .maintenance import worker_registry
 from .periodic import Scheduler
 from .producer import Producer
 
+if TYPE_CHECKING:
+    from .metrics import WorkerMetrics
+
 __all__ = ["Worker"]
 
 log = logging.getLogger("worker")
@@ -54,6 +57,9 @@ class Worker:
         self.url = database_url
         self.abandoning = anyio.Event()
         self.stop_requested = anyio.Event()
+        self.metrics: WorkerMetrics | None = None
+        self.metrics_port: int | None = None
+        """The port the metrics endpoint is bound to, once it is (config.metrics_port may be 0)."""
 
     async def run(self) -> int:
         """Run until a signal stops it; 0 when every job finished, 1 when some were abandoned."""
@@ -79,6 +85,13 @@ class Worker:
             completer = Completer(pool, self.registry, self.config.id)
             producer = Producer(pool, self.url, self.config, self.registry, completer)
             log.info(self._describe())
+            if self.config.metrics_port is not None:
+                # Imported here: a worker without an endpoint needs no prometheus_client.
+                from .metrics import WorkerMetrics
+
+                self.metrics = WorkerMetrics()
+                self.metrics.watch(producer)
+                self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
             async with anyio.create_task_group() as services:
                 services.start_soon(self._signals, producer)
                 services.start_soon(Heartbeat(pool, self.config.id, self.config.lease, producer).run)
@@ -94,6 +107,8 @@ class Worker:
                 services.cancel_scope.cancel()
             await self._leave(pool)
         finally:
+            if self.metrics is not None:
+                self.metrics.close()
             await pool.close()
         stats = producer.stats
         cycles = stats["cycles"] or 1

@@ -10,6 +10,11 @@ SELECT * FROM ledger.read_jobs WHERE id = %(id)s;
 SELECT position, job_id, version, type, at, data, metadata
 FROM ledger.read_events WHERE job_id = %(id)s ORDER BY version;
 
+-- name: trace_carriers
+-- The trace context each job's enqueue recorded: version 1 is the `enqueued` event.
+SELECT job_id, metadata->'trace' AS trace
+FROM ledger.read_events WHERE job_id = ANY(%(ids)s::bigint[]) AND version = 1 AND metadata ? 'trace';
+
 -- name: discarded_list
 SELECT d.* FROM ledger.read_discarded d
 WHERE (%(kind)s::text IS NULL OR d.kind = %(kind)s)
