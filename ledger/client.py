@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from .db import connect, database_url
+from .db import connect, connect_async, database_url
 from .errors import InvalidArguments
 from .jsoncheck import check_json, dump_json
 from .kinds import Registry, default_registry, error_fields, format_validation_error
@@ -168,7 +168,7 @@ class AsyncClient:
     async def connect(self) -> psycopg.AsyncConnection[Any]:
         """The client's own connection (autocommit), opened now if it is not open yet."""
         if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(self.url or database_url(), autocommit=True)
+            self._conn = await connect_async(self.url or database_url())
         return self._conn
 
     async def close(self) -> None:

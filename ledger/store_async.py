@@ -121,6 +121,11 @@ class AsyncStore:
         """(metric, kind, le, count, sum) of every histogram bucket, after metrics_refresh()."""
         return await self._rows("metrics_histogram")
 
+    async def backend_pid(self) -> int:
+        """The server process serving this statement (ledger/db.py compares it with the one the startup named)."""
+        pid: int = (await self._one("backend_pid"))["pid"]
+        return pid
+
     async def db_now_minus(self, period: timedelta) -> datetime:
         """now() - period on the database's clock, which every event's time is written with."""
         at: datetime = (await self._one("db_now_minus", {"period": period}))["at"]

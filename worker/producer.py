@@ -29,6 +29,7 @@ import anyio
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from ledger.db import connect_async
 from ledger.kinds import Registry
 from ledger.models import Job
 from ledger.store_async import AsyncStore
@@ -189,7 +190,7 @@ class Producer:
         self._claimer_busy = True
         try:
             if self._claimer is None or self._claimer.closed:
-                self._claimer = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                self._claimer = await connect_async(self.url)
             try:
                 return await AsyncStore(self._claimer).claim(queue, n, self.config.id, lease=self.lease)
             except psycopg.OperationalError:
