@@ -12,6 +12,7 @@ from threading import Lock
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel
 
+from ledger.db import connection_options, fit
 from ledger.kinds import JobContext, NoArgs, default_registry
 
 _pools: dict[str, ConnectionPool] = {}
@@ -25,7 +26,11 @@ SIDE_TABLE = (
 def _pool(url: str) -> ConnectionPool:
     with _lock:
         if url not in _pools:
-            _pools[url] = ConnectionPool(url, min_size=1, max_size=4, open=True)
+            # The project's connection options: prepared statements only on a direct connection
+            # (these bodies run through PgBouncer too) and TCP timeouts (and through a partition).
+            _pools[url] = ConnectionPool(
+                url, min_size=1, max_size=4, kwargs=connection_options(url), configure=fit, open=True
+            )
     return _pools[url]
 
 
