@@ -49,6 +49,14 @@ def sleep(ctx: JobContext[Sleep]) -> None:
     record(ctx)
 
 
+@default_registry.kind("errand", args=Sleep, max_attempts=5, timeout=60)
+def errand(ctx: JobContext[Sleep]) -> None:
+    """Does its side effect first, then takes its time: a worker cut off from the
+    database meanwhile finishes it anyway and holds a success it cannot record."""
+    record(ctx)
+    time.sleep(ctx.args.seconds)
+
+
 @default_registry.kind("noop")
 async def noop(ctx: JobContext[NoArgs]) -> None:
     return None

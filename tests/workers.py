@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,15 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = 
 class WorkerProcess:
     """`ledger worker --app tests.jobapp` with its stderr collected line by line."""
 
-    def __init__(self, url: str | None, *args: str, env: dict[str, str] | None = None, name: str = "w") -> None:
+    def __init__(
+        self,
+        url: str | None,
+        *args: str,
+        env: dict[str, str] | None = None,
+        name: str = "w",
+        prefix: Sequence[str] = (),
+    ) -> None:
+        """`prefix` runs it elsewhere: `ip netns exec NS` (tests/netns.py) on a host of its own."""
         full_env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "LEDGER_ENV"}}
         if url is not None:
             full_env["DATABASE_URL"] = url
@@ -38,7 +47,7 @@ class WorkerProcess:
         self.name = name
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ledger", "worker", "--app", "tests.jobapp", *args],
+            [*prefix, sys.executable, "-m", "ledger", "worker", "--app", "tests.jobapp", *args],
             env=full_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -52,6 +61,14 @@ class WorkerProcess:
     @property
     def log(self) -> str:
         return "\n".join(self.lines)
+
+    def not_recorded(self) -> set[int]:
+        """Jobs whose outcome this worker logged as not recorded: refused, the job was no longer its to finish."""
+        return {
+            int(json.loads(line)["job_id"])
+            for line in self.lines
+            if line.startswith("{") and "not recorded" in line and '"job_id"' in line
+        }
 
     def wait_for(self, text: str, timeout: float = 30.0) -> None:
         wait_until(lambda: text in self.log or self.proc.poll() is not None, timeout, f"{text!r} in the log")
