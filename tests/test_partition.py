@@ -11,13 +11,16 @@ tcp_user_timeout must make it notice in seconds.
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
 from collections.abc import Iterator
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import DictRow
 
+from ledger.db import TCP_DEFAULTS, connect, connection_options
 from ledger.store import Store
 
 from .jobapp import SIDE_TABLE
@@ -25,6 +28,23 @@ from .netns import Forwarder, Host, unavailable
 from .workers import WorkerProcess, wait_until
 
 FLEET = ["--lease", "3", "--rescue-every", "1", "--poll-interval", "0.2", "--heartbeat-every", "3600"]
+
+
+def test_every_connection_sets_tcp_timeouts_and_the_url_can_override_them(db_url: str) -> None:
+    options = connection_options(db_url)
+    assert {k: options[k] for k in TCP_DEFAULTS} == TCP_DEFAULTS
+    overridden = connection_options(make_conninfo(db_url, tcp_user_timeout="30000", keepalives_idle="30"))
+    assert "tcp_user_timeout" not in overridden and "keepalives_idle" not in overridden  # the URL's own stay
+    with connect(db_url) as conn:
+        if conn.info.host.startswith("/"):
+            return  # a unix socket: no TCP to time out (libpq ignores the TCP options there)
+        sock = socket.socket(fileno=conn.pgconn.socket)
+        try:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == int(TCP_DEFAULTS["tcp_user_timeout"])
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == int(TCP_DEFAULTS["keepalives_idle"])
+        finally:
+            sock.detach()  # the connection's, not ours to close
 
 
 @pytest.fixture
