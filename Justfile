@@ -39,7 +39,7 @@ db-stop:
 web *ARGS:
     exec gunicorn -c python:ledger.web.gunicorn_conf {{ARGS}} ledger.web.wsgi:app
 
-# Workers SIGKILLed every 2 s, one PostgreSQL crash, an idle transaction: prints lost/stuck/duplicates.
+# Workers SIGKILLed every 2 s, one PostgreSQL crash, an idle transaction, network partitions: prints lost/stuck/duplicates.
 chaos *ARGS:
     python -m tests.chaos {{ARGS}}
 

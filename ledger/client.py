@@ -27,7 +27,7 @@ import psycopg
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from . import tracing
-from .db import connect, connection_problem, database_url
+from .db import connect, connect_async, connection_problem, database_url
 from .errors import DatabaseUnavailable, InvalidArguments, UnknownKind
 from .jsoncheck import check_json, dump_json
 from .kinds import Kind, Registry, default_registry, error_fields, format_validation_error
@@ -293,7 +293,7 @@ class AsyncClient:
         if self._conn is None or self._conn.closed:
             url = self.url or database_url()
             try:
-                self._conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+                self._conn = await connect_async(url)
             except psycopg.OperationalError as exc:
                 raise DatabaseUnavailable(connection_problem(url, exc)) from exc
         return self._conn

@@ -26,6 +26,7 @@ from types import ModuleType
 
 import psycopg
 
+from .db import connection_options
 from .store import Store
 
 __all__ = ["ensure_server", "server_running", "stop_server"]
@@ -88,7 +89,7 @@ def ensure_server(data_dir: Path) -> str:
         pgserver.PostgresServer._instances.pop(pgdata.resolve(), None)
     server = pgserver.get_server(pgdata, cleanup_mode=None)
     admin_url: str = server.get_uri(database="postgres")
-    with psycopg.connect(admin_url, autocommit=True) as conn:
+    with psycopg.connect(admin_url, autocommit=True, **connection_options(admin_url)) as conn:
         Store(conn).database_ensure(DATABASE)
     url: str = server.get_uri(database=DATABASE)
     return url

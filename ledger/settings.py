@@ -31,6 +31,14 @@ class Settings(BaseSettings):
 
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "LEDGER_DATABASE_URL"))
     """Where the ledger lives. Unset in development: an embedded server under data_dir."""
+    listen_url: str | None = None
+    """LEDGER_LISTEN_URL: where the worker LISTENs, when DATABASE_URL goes through a transaction-pooling
+    proxy that cannot hold a listening session (PgBouncer's pool_mode = transaction). Unset: DATABASE_URL,
+    or no LISTEN at all (the worker polls) when a pooler answers there."""
+    prepare: Literal["auto", "on", "off"] = "auto"
+    """LEDGER_PREPARE: server-side prepared statements. auto: on for a direct connection, off through a
+    pooler (ledger/db.py tells them apart); off for a transaction-pooling proxy it cannot tell; on for
+    PgBouncer >= 1.21 with max_prepared_statements set."""
     env: Literal["development", "production"] = "development"
     """LEDGER_ENV=production makes DATABASE_URL mandatory (no embedded server)."""
     data_dir: Path = Field(default_factory=default_data_dir)

@@ -138,6 +138,11 @@ class Store:
         # json.loads: a connection may load jsonb as text (Django's does; see models._json_text).
         return {r["job_id"]: json.loads(t) if isinstance(t := r["trace"], str) else t for r in rows}
 
+    def backend_pid(self) -> int:
+        """The server process serving this statement (ledger/db.py compares it with the one the startup named)."""
+        pid: int = self._one("backend_pid")["pid"]
+        return pid
+
     def db_now_minus(self, period: timedelta) -> datetime:
         """now() - period on the database's clock, which every event's time is written with."""
         at: datetime = self._one("db_now_minus", {"period": period})["at"]

@@ -13,6 +13,7 @@ from threading import Lock
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel
 
+from ledger.db import connection_options, fit
 from ledger.kinds import JobContext, Limit, NoArgs, default_registry
 
 _pools: dict[str, ConnectionPool] = {}
@@ -26,7 +27,11 @@ SIDE_TABLE = (
 def _pool(url: str) -> ConnectionPool:
     with _lock:
         if url not in _pools:
-            _pools[url] = ConnectionPool(url, min_size=1, max_size=4, open=True)
+            # The project's connection options: prepared statements only on a direct connection
+            # (these bodies run through PgBouncer too) and TCP timeouts (and through a partition).
+            _pools[url] = ConnectionPool(
+                url, min_size=1, max_size=4, kwargs=connection_options(url), configure=fit, open=True
+            )
     return _pools[url]
 
 
@@ -43,6 +48,14 @@ class Sleep(BaseModel):
 def sleep(ctx: JobContext[Sleep]) -> None:
     time.sleep(ctx.args.seconds)
     record(ctx)
+
+
+@default_registry.kind("errand", args=Sleep, max_attempts=5, timeout=60)
+def errand(ctx: JobContext[Sleep]) -> None:
+    """Does its side effect first, then takes its time: a worker cut off from the
+    database meanwhile finishes it anyway and holds a success it cannot record."""
+    record(ctx)
+    time.sleep(ctx.args.seconds)
 
 
 @default_registry.kind("noop")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,9 @@ class WorkerProcess:
         env: dict[str, str] | None = None,
         name: str = "w",
         app: str | None = "tests.jobapp",
+        prefix: Sequence[str] = (),
     ) -> None:
+        """`prefix` runs it elsewhere: `ip netns exec NS` (tests/netns.py) on a host of its own."""
         full_env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "LEDGER_ENV"}}
         if url is not None:
             full_env["DATABASE_URL"] = url
@@ -45,7 +48,7 @@ class WorkerProcess:
         self.name = name
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ledger", "worker", *(["--app", app] if app else []), *args],
+            [*prefix, sys.executable, "-m", "ledger", "worker", *(["--app", app] if app else []), *args],
             env=full_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -59,6 +62,14 @@ class WorkerProcess:
     @property
     def log(self) -> str:
         return "\n".join(self.lines)
+
+    def not_recorded(self) -> set[int]:
+        """Jobs whose outcome this worker logged as not recorded: refused, the job was no longer its to finish."""
+        return {
+            int(json.loads(line)["job_id"])
+            for line in self.lines
+            if line.startswith("{") and "not recorded" in line and '"job_id"' in line
+        }
 
     def wait_for(self, text: str, timeout: float = 30.0) -> None:
         wait_until(lambda: text in self.log or self.proc.poll() is not None, timeout, f"{text!r} in the log")

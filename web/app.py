@@ -11,7 +11,7 @@ import falcon
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from ledger.db import connect, database_url
+from ledger.db import RECONNECT_TIMEOUT, connect, connection_options, database_url, fit
 from ledger.kinds import Registry, default_registry
 from ledger.migrate import migrate
 from ledger.settings import Settings, get_settings, load_settings
@@ -73,7 +73,9 @@ def create_app(
             url,
             min_size=1,
             max_size=web.pool_size,
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            kwargs={"autocommit": True, "row_factory": dict_row, **connection_options(url)},
+            configure=fit,  # prepared statements unless a pooler sits in between
+            reconnect_timeout=RECONNECT_TIMEOUT,
             check=ConnectionPool.check_connection,
             timeout=5.0,
             open=True,

@@ -38,6 +38,7 @@ def worker(
     from ledger.db import database_url
     from ledger.errors import LedgerError
     from ledger.kinds import default_registry, format_validation_error
+    from ledger.settings import get_settings
 
     from .config import WorkerConfig
     from .runtime import Worker
@@ -60,7 +61,7 @@ def worker(
     logging.getLogger().setLevel(logging.INFO)
     try:
         url = database_url()
-        code = anyio.run(Worker(config, default_registry, url, app=app).run)
+        code = anyio.run(Worker(config, default_registry, url, app=app, listen_url=get_settings().listen_url).run)
     except LedgerError as exc:
         fail(str(exc))
     sys.stdout.flush()

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import anyio
 import psycopg
 
+from ledger.db import connect_async
 from ledger.store_async import AsyncStore
 
 __all__ = ["CANCEL", "Listener", "channel"]
@@ -45,7 +46,7 @@ class Listener:
         delay = 0.25
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                async with await connect_async(self.url) as conn:
                     await AsyncStore(conn).listen([*(channel(q) for q in self.queues), CANCEL])
                     log.info(
                         "listener %s" % ("reconnected" if delay > 0.25 else "listening"),

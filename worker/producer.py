@@ -43,6 +43,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from ledger import tracing
+from ledger.db import connect_async
 from ledger.kinds import Registry
 from ledger.models import Job
 from ledger.store_async import AsyncStore
@@ -250,7 +251,7 @@ class Producer:
         self._claimer_busy = True
         try:
             if self._claimer is None or self._claimer.closed:
-                self._claimer = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                self._claimer = await connect_async(self.url)
             try:
                 store = AsyncStore(self._claimer)
                 return await store.claim(queue, n, self.config.id, lease=self.lease, kinds=self.kinds)

@@ -26,7 +26,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from ledger.apps import App
-from ledger.db import connect, describe
+from ledger.db import RECONNECT_TIMEOUT, connect, connection_options, describe, fit_async, through_pooler_async
 from ledger.kinds import Registry
 from ledger.migrate import migrate
 from ledger.store import Store
@@ -49,12 +49,23 @@ log = logging.getLogger("worker")
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, registry: Registry, database_url: str, *, app: App | None = None) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        registry: Registry,
+        database_url: str,
+        *,
+        app: App | None = None,
+        listen_url: str | None = None,
+    ) -> None:
         self.config = config
         self.app = app
         # This worker's own view: the app's kinds, the maintenance handlers, its schedule.
         self.registry = worker_registry(registry, config)
         self.url = database_url
+        # LISTEN needs a session of its own: behind a transaction-pooling proxy, a direct
+        # connection to PostgreSQL (LEDGER_LISTEN_URL) while the rest goes through the proxy.
+        self.listen_url = listen_url
         self.abandoning = anyio.Event()
         self.stop_requested = anyio.Event()
         self.metrics: WorkerMetrics | None = None
@@ -73,7 +84,9 @@ class Worker:
             # times, and a connection opened on demand costs milliseconds of pickup latency.
             min_size=self.config.cycles + 2,
             max_size=max(self.config.cycles + 4, min(20, total // 2 + 2)),
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, **connection_options(self.url)},
+            configure=fit_async,  # prepared statements unless a pooler sits in between
+            reconnect_timeout=RECONNECT_TIMEOUT,  # back within seconds of a partition's heal
             # No check on checkout: it would cost a round trip per cycle. A broken
             # connection fails its statement instead; the cycle retries with backoff
             # and the pool replaces connections it finds closed.
@@ -96,8 +109,9 @@ class Worker:
                 services.start_soon(self._signals, producer)
                 services.start_soon(Heartbeat(pool, self.config.id, self.config.lease, producer).run)
                 services.start_soon(Scheduler(pool, self.registry).run)
-                if not self.config.poll_only:
-                    services.start_soon(Listener(self.url, list(limits), producer.wake, producer.cancel).run)
+                listen = await self._listen_target(pool)
+                if listen is not None:
+                    services.start_soon(Listener(listen, list(limits), producer.wake, producer.cancel).run)
                 log.info("worker started", extra={"worker": self.config.id})
                 # The cycle loops outlive claiming: while stopping they still record
                 # the outcomes of the jobs that are finishing.
@@ -125,6 +139,35 @@ class Worker:
             f"{self.config.describe()} app={self.app or 'none (--app, LEDGER_APP or [tool.ledger] app)'} "
             f"kinds={','.join(sorted(self.registry.kinds))} database={describe(self.url)}"
         )
+
+    async def _listen_target(self, pool: AsyncConnectionPool[Any]) -> str | None:
+        """Where the listener connects; None to poll only.
+
+        LEDGER_LISTEN_URL when given. Else DATABASE_URL, unless a pooler sits
+        in between: a LISTEN sent through transaction pooling lands on a
+        server connection the proxy then lends to other clients, and this
+        worker would hear nothing (while they hear its notifications). So it
+        polls, and says how to be woken at once instead.
+        """
+        if self.config.poll_only:
+            return None
+        if self.listen_url:
+            log.info("listener connects to %s (LEDGER_LISTEN_URL)", describe(self.listen_url))
+            return self.listen_url
+        try:
+            async with pool.connection() as conn:
+                pooled = await through_pooler_async(conn)
+        except psycopg.OperationalError:
+            return self.url  # the listener retries on its own
+        if pooled:
+            log.warning(
+                "DATABASE_URL reaches PostgreSQL through a connection pooler, where LISTEN cannot work: "
+                "polling every %gs instead; set LEDGER_LISTEN_URL to a direct connection to be woken at once "
+                "(or --poll-only to say so)",
+                self.config.poll_interval,
+            )
+            return None
+        return self.url
 
     def _migrate(self) -> None:
         """The schema where it is missing (in development), then this worker's kinds' and queues' limits."""

@@ -138,6 +138,10 @@ SELECT pg_advisory_xact_lock(%(key)s);
 -- A cutoff on the database's clock, the one every event's `at` is written with.
 SELECT now() - %(period)s::interval AS at;
 
+-- name: backend_pid
+-- The server process this session runs in: a pooler in between answers the startup with a pid of its own.
+SELECT pg_backend_pid() AS pid;
+
 -- name: lock_timeout_local
 SELECT set_config('lock_timeout', %(timeout)s, true);
 
