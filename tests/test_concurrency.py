@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from functools import partial
 
 from ledger.db import connect
 from ledger.store import Store
+
+from .threads import new_barrier, run_threads
 
 
 def test_concurrent_claims_take_every_job_exactly_once(db_url: str, store: Store) -> None:
@@ -14,7 +17,7 @@ def test_concurrent_claims_take_every_job_exactly_once(db_url: str, store: Store
     store.enqueue_many([("k", {"i": i}, "q", i % 10, 3, None) for i in range(total)])
     claimed: list[int] = []
     lock = threading.Lock()
-    start = threading.Barrier(6)
+    start = new_barrier(6)
 
     def worker(name: str) -> None:
         with connect(db_url) as conn:
@@ -26,11 +29,7 @@ def test_concurrent_claims_take_every_job_exactly_once(db_url: str, store: Store
                 for j in batch:
                     s.succeed(j.id, expected_version=j.version)
 
-    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(*(partial(worker, f"w{i}") for i in range(6)), barrier=start)
 
     counts = Counter(claimed)
     assert len(counts) == total
