@@ -241,7 +241,11 @@ def test_a_job_that_runs_too_long_is_cancelled_and_counted_as_a_failed_attempt(
     line = next(x for x in w.lines if f'"job {job} attempt failed"' in x)
     for field in ('"kind": "sluggish"', f'"job_id": {job}', '"attempt": "1/1"', '"will_retry": false'):
         assert field in line
-    hooks = side.execute("SELECT worker FROM executions WHERE job_id = %s", [job]).fetchall()
+    # The hook writes its row on its own connection, after the outcome: wait for it, not for the log.
+    hooks = wait_until(
+        lambda: side.execute("SELECT worker FROM executions WHERE job_id = %s", [job]).fetchall(),
+        what="the error hook's row",
+    )
     assert hooks == [{"worker": "hook:False"}]
 
 
