@@ -116,6 +116,21 @@ def test_a_second_signal_abandons_running_jobs_to_the_rescue(
     assert all(j.state == "retryable" for j in rescued)
 
 
+def test_a_job_that_outlasts_the_shutdown_timeout_is_abandoned_after_one_sigterm(
+    db_url: str, store: Store, side: psycopg.Connection[DictRow], workers: list[WorkerProcess]
+) -> None:
+    w = WorkerProcess(db_url, "--shutdown-timeout", "1", *QUIET, name="impatient").started()
+    workers.append(w)
+    [job] = enqueue(store, "sleep", 1, {"seconds": 30})
+    wait_until(lambda: states(store, [job]) == {"running": 1}, what="the job to run")
+    w.signal(signal.SIGTERM)
+    # Well before the job's 30 s: a worker that ignored the timeout would still be waiting for it.
+    assert w.wait(15) == 1, w.log
+    assert f"abandoning 1 job(s) still running: [{job}]" in w.log
+    assert states(store, [job]) == {"running": 1}, "left to the rescue, not recorded"
+    assert executions(side) == {}
+
+
 def test_sigkill_mid_job_a_second_worker_rescues_and_runs_the_jobs(
     db_url: str, store: Store, side: psycopg.Connection[DictRow], workers: list[WorkerProcess]
 ) -> None:
