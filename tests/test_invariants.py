@@ -189,3 +189,16 @@ def test_a_last_failed_attempt_is_discarded_with_every_error(store: Store) -> No
     [dead] = store.discarded()
     assert [(e["attempt"], e["error"]) for e in dead.errors] == [(1, "first"), (2, "second")]
     assert dead.last_error == "second"
+
+
+def test_a_dead_letter_lists_only_the_errors_since_its_last_replay(store: Store) -> None:
+    job = enqueue(store, max_attempts=1)
+    store.claim("q", 1, "w")
+    store.fail(job, "first")
+    store.replay(job, actor="op", reason="fixed")
+    store.claim("q", 1, "w")
+    store.fail(job, "second")
+    [dead] = store.discarded()
+    assert [(e["attempt"], e["error"]) for e in dead.errors] == [(1, "second")]
+    # The rebuild derives the same row from the events.
+    assert store.projections_diff() == []
