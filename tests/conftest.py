@@ -1,8 +1,14 @@
 """Fixtures: a real PostgreSQL (DATABASE_URL, else the embedded one), a fresh database per test.
 
-The schema is applied once to a template database per run; each test gets
-its own database cloned from it (CREATE DATABASE ... TEMPLATE), so tests
+The schema is applied once to a template database per test process; each test
+gets its own database cloned from it (CREATE DATABASE ... TEMPLATE), so tests
 never see each other's jobs and need no cleanup of the append-only ledger.
+
+`just test` runs the suite in several processes (pytest-xdist). Every name a
+test creates on the shared server carries its process id (`unique_name`), and
+the embedded server, when DATABASE_URL is unset, is started once by the
+controlling process before the workers start, so that no two processes start
+it at the same moment.
 """
 
 from __future__ import annotations
@@ -24,6 +30,18 @@ from ledger.store import Store
 _counter = itertools.count()
 
 
+def unique_name(prefix: str) -> str:
+    """A database name no other test process uses: parallel workers, or another checkout's run on the same server."""
+    return f"{prefix}_{os.getpid()}_{next(_counter)}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # xdist's controller starts its workers in its own (trylast) pytest_sessionstart.
+    if not hasattr(session.config, "workerinput") and session.config.getoption("numprocesses", None):
+        database_url(Settings())
+
+
 def _admin(server_url: str) -> psycopg.Connection[DictRow]:
     return connect(server_url)
 
@@ -36,7 +54,7 @@ def server_url() -> str:
 
 @pytest.fixture(scope="session")
 def template_db(server_url: str) -> Iterator[str]:
-    name = f"ledger_tpl_{os.getpid()}"
+    name = unique_name("ledger_tpl")
     with _admin(server_url) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -50,7 +68,7 @@ def template_db(server_url: str) -> Iterator[str]:
 @pytest.fixture
 def db_url(server_url: str, template_db: str) -> Iterator[str]:
     """URL of a fresh database with the schema applied, dropped after the test."""
-    name = f"ledger_t_{os.getpid()}_{next(_counter)}"
+    name = unique_name("ledger_t")
     with _admin(server_url) as admin:
         admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
     yield make_conninfo(server_url, dbname=name)

@@ -20,6 +20,8 @@ from ledger.store import Store
 from web.app import create_app
 from web.settings import WebSettings
 
+from .conftest import unique_name
+
 
 @pytest.fixture(scope="module")
 def fuzz_pool(server_url: str, template_db: str) -> Iterator[ConnectionPool[Any]]:
@@ -29,10 +31,9 @@ def fuzz_pool(server_url: str, template_db: str) -> Iterator[ConnectionPool[Any]
 
     from ledger.db import connect
 
-    name = "ledger_fuzz"
+    name = unique_name("ledger_fuzz")
     with connect(server_url) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.execute(f'CREATE DATABASE {name} TEMPLATE "{template_db}"')
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
     url = make_conninfo(server_url, dbname=name)
     with ConnectionPool(url, min_size=1, max_size=4, kwargs={"autocommit": True, "row_factory": dict_row}) as pool:
         with pool.connection() as conn:
@@ -43,7 +44,7 @@ def fuzz_pool(server_url: str, template_db: str) -> Iterator[ConnectionPool[Any]
             store.fail(ids[1], "boom")
         yield pool
     with connect(server_url) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_the_api_answers_every_generated_request_within_its_document(fuzz_pool: ConnectionPool[Any]) -> None:
