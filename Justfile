@@ -13,7 +13,7 @@ worker *ARGS:
 
 # Run the whole test suite against a real PostgreSQL (DATABASE_URL, else embedded).
 test *ARGS:
-    pytest {{ARGS}}
+    pytest -n 3 {{ARGS}}
 
 # ruff (lint + format check) and mypy.
 lint:
