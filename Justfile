@@ -11,7 +11,7 @@ default:
 worker *ARGS:
     ledger worker {{ARGS}}
 
-# Run the whole test suite against a real PostgreSQL (DATABASE_URL, else embedded).
+# Run the whole test suite against a real PostgreSQL (DATABASE_URL, else embedded), in three processes (-n 0: one).
 test *ARGS:
     pytest -n 3 {{ARGS}}
 
