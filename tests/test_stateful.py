@@ -9,9 +9,9 @@ relative to it (T - 1s and T + 1h).
 Reaching deep states is the point. A machine whose commands draw from jobs
 in any state spends most examples refusing commands on `available` jobs,
 and hypothesis both switches whole rules off per example (swarm testing)
-and draws the rules listed first far more often than the last (rules with a
-target bundle sort last: a claim feeding a bundle of running jobs ran ten
-times in a run). So: every example starts with a few jobs already running,
+and tends to draw the rules listed first more often than the last (rules
+with a target bundle sort last: a claim feeding a bundle of running jobs
+ran ten times in one run of ~1,200 steps). So: every example starts with a few jobs already running,
 with attempt budgets of one or two; no rule has a target; the outcome of an
 attempt is one rule that picks a running job from the model (as the replay
 picks a discarded or cancelled one), and the claim, which feeds both, sorts
@@ -267,7 +267,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # ---------------------------------------------------------------- rules
     # Hypothesis lists the rules by (target bundles, number of arguments,
-    # name) and draws the first ones far more often. Here that order is the
+    # name) and tends to draw the first ones more often. Here that order is the
     # end of a running attempt, the claim, the enqueue, the replay (one
     # argument each), then the batch completer, and any command on any job
     # last: whenever something runs, it mostly runs to an end.
