@@ -11,13 +11,15 @@ in any state spends most examples refusing commands on `available` jobs,
 and hypothesis both switches whole rules off per example (swarm testing)
 and tends to draw the rules listed first more often than the last (rules
 with a target bundle sort last: a claim feeding a bundle of running jobs
-ran ten times in one run of ~1,200 steps). So: every example starts with a few jobs already running,
-with attempt budgets of one or two; no rule has a target; the outcome of an
-attempt is one rule that picks a running job from the model (as the replay
-picks a discarded or cancelled one), and the claim, which feeds both, sorts
-first. Commands on jobs in any state (most of them refused) still run,
-through one rule. The test counts how many examples reached each deep state
-and fails if none reached a discarded job, or a replay of a job that had run.
+ran ten times in one run of ~1,200 steps). So every example starts with a
+few jobs already running, with attempt budgets of one or two and a short
+history each (see `begin`); no rule has a target; the end of an attempt is
+one rule that picks a running job from the model (as the replay picks a
+discarded or cancelled one), and it sorts first, the claim second.
+Commands on jobs in any state (most of them refused) still run, through one
+rule. The test counts how many examples reached each deep state after the
+opening, and fails if none reached a discarded job, or a replay of a job
+that had run.
 """
 
 from __future__ import annotations
