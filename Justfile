@@ -16,9 +16,9 @@ default:
 worker *ARGS:
     exec ledger worker {{ARGS}}
 
-# Run the whole test suite against a real PostgreSQL (DATABASE_URL, else embedded).
+# Run the whole test suite against a real PostgreSQL (DATABASE_URL, else embedded), in three processes (-n 0: one).
 test *ARGS:
-    pytest {{ARGS}}
+    pytest -n 3 {{ARGS}}
 
 # ruff (lint + format check) and mypy.
 lint:

@@ -244,6 +244,9 @@ class Chaos:
             time.sleep(self.idle_seconds)
             during = succeeded() - before
             holder.rollback()
+        # Without kills the workers run much faster than the estimate above assumed,
+        # and the backlog could run dry in the first window: top it up for the second.
+        ids += self.enqueue(int(during / self.idle_seconds * 2 * (self.idle_seconds + 3)) + 1000)
         before = succeeded()
         time.sleep(self.idle_seconds)
         after = succeeded() - before

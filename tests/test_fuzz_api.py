@@ -3,7 +3,6 @@ that breaks the document (status codes, content types, bodies)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +20,8 @@ from ledger.store import Store
 from ledger.web.app import create_app
 from ledger.web.settings import WebSettings
 
+from .conftest import unique_name
+
 
 @pytest.fixture(scope="module")
 def fuzz_pool(server_url: str, template_db: str) -> Iterator[ConnectionPool[Any]]:
@@ -30,10 +31,9 @@ def fuzz_pool(server_url: str, template_db: str) -> Iterator[ConnectionPool[Any]
 
     from ledger.db import connect
 
-    name = f"ledger_fuzz_{os.getpid()}"
+    name = unique_name("ledger_fuzz")
     with connect(server_url) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.execute(f'CREATE DATABASE {name} TEMPLATE "{template_db}"')
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
     url = make_conninfo(server_url, dbname=name)
     with ConnectionPool(url, min_size=1, max_size=4, kwargs={"autocommit": True, "row_factory": dict_row}) as pool:
         with pool.connection() as conn:
@@ -44,7 +44,7 @@ def fuzz_pool(server_url: str, template_db: str) -> Iterator[ConnectionPool[Any]
             store.fail(ids[1], "boom")
         yield pool
     with connect(server_url) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_the_api_answers_every_generated_request_within_its_document(fuzz_pool: ConnectionPool[Any]) -> None:

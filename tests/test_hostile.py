@@ -4,9 +4,9 @@ nothing, or stored verbatim and read back equal. Plus operators racing a worker 
 from __future__ import annotations
 
 import json
-import threading
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import falcon.testing
@@ -25,6 +25,7 @@ from ledger.web.settings import WebSettings
 
 from .jobapp import Free
 from .test_cli import ledger
+from .threads import new_barrier, run_threads
 
 
 def registry() -> Any:
@@ -156,7 +157,7 @@ def race_once(db_url: str, store: Store) -> tuple[str, str]:
     """A worker records a success while an operator cancels the same running job."""
     [job_id] = store.enqueue_many([("k", {}, "race", 5, 3, None)])
     [job] = store.claim("race", 1, "w")
-    barrier = threading.Barrier(2)
+    barrier = new_barrier(2)
     result: dict[str, str] = {}
 
     def worker() -> None:
@@ -175,11 +176,7 @@ def race_once(db_url: str, store: Store) -> tuple[str, str]:
                 assert f"job {job_id} is succeeded" in str(exc)
                 result["operator"] = "refused"
 
-    threads = [threading.Thread(target=worker), threading.Thread(target=operator)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker, operator, barrier=barrier)
     final = store.job(job_id)
     assert final is not None
     assert final.state == ("succeeded" if result["worker"] == "won" else "cancelled")
@@ -197,7 +194,7 @@ def test_two_operators_replaying_one_job_exactly_one_wins(db_url: str, store: St
     [job_id] = store.enqueue_many([("k", {}, "race", 5, 1, None)])
     store.claim("race", 1, "w")
     store.fail(job_id, "boom")
-    barrier = threading.Barrier(2)
+    barrier = new_barrier(2)
     results: list[str] = []
 
     def replay(who: str) -> None:
@@ -210,10 +207,6 @@ def test_two_operators_replaying_one_job_exactly_one_wins(db_url: str, store: St
                 assert "only discarded or cancelled jobs can be replayed" in str(exc)
                 results.append("refused")
 
-    threads = [threading.Thread(target=replay, args=(w,)) for w in ("ana", "bo")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(partial(replay, "ana"), partial(replay, "bo"), barrier=barrier)
     assert sorted(results) == ["refused", "won"]
     assert [e.type for e in store.events_for_job(job_id)].count("replayed") == 1

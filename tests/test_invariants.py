@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +15,7 @@ from ledger.errors import IllegalTransition, InvalidArguments, VersionConflict
 from ledger.store import Store
 
 from .conftest import count_events
+from .threads import new_barrier, run_threads
 
 
 def enqueue(store: Store, kind: str = "k", max_attempts: int = 3, queue: str = "q") -> int:
@@ -73,7 +73,7 @@ def test_invariant_3_one_writer_per_version(db_url: str, store: Store, conn: psy
     version = store.job(job).version  # type: ignore[union-attr]
 
     # Two operators read version v and race to cancel: exactly one appends v+1.
-    barrier = threading.Barrier(2)
+    barrier = new_barrier(2)
     outcomes: list[str] = []
 
     def racer() -> None:
@@ -85,11 +85,7 @@ def test_invariant_3_one_writer_per_version(db_url: str, store: Store, conn: psy
             except VersionConflict:
                 outcomes.append("conflict")
 
-    threads = [threading.Thread(target=racer) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(racer, racer, barrier=barrier)
     assert sorted(outcomes) == ["conflict", "won"]
 
     # A raw append of an existing version is refused by the unique (job_id, version).
@@ -193,3 +189,16 @@ def test_a_last_failed_attempt_is_discarded_with_every_error(store: Store) -> No
     [dead] = store.discarded()
     assert [(e["attempt"], e["error"]) for e in dead.errors] == [(1, "first"), (2, "second")]
     assert dead.last_error == "second"
+
+
+def test_a_dead_letter_lists_only_the_errors_since_its_last_replay(store: Store) -> None:
+    job = enqueue(store, max_attempts=1)
+    store.claim("q", 1, "w")
+    store.fail(job, "first")
+    store.replay(job, actor="op", reason="fixed")
+    store.claim("q", 1, "w")
+    store.fail(job, "second")
+    [dead] = store.discarded()
+    assert [(e["attempt"], e["error"]) for e in dead.errors] == [(1, "second")]
+    # The rebuild derives the same row from the events.
+    assert store.projections_diff() == []

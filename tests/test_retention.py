@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +17,7 @@ from ledger.migrate import current_version, migrate, schema_version
 from ledger.retention import prune
 from ledger.store import Store
 
-from .conftest import count_events
+from .conftest import count_events, unique_name
 from .test_cli import ledger
 
 NOW = timedelta(0)
@@ -218,9 +217,8 @@ def test_durations_that_are_not_understood_are_refused(text: str) -> None:
 def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_history(server_url: str) -> None:
     from pathlib import Path
 
-    name = f"ledger_upgrade_v1_{os.getpid()}"
+    name = unique_name("ledger_upgrade_v1")
     with connect(server_url) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
     url = make_conninfo(server_url, dbname=name)
     try:

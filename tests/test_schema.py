@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import psycopg
 from psycopg.rows import DictRow
 
@@ -11,6 +9,8 @@ from ledger.db import connect
 from ledger.migrate import migrate, schema_version
 from ledger.states import EventType, JobState
 from ledger.store import Store
+
+from .conftest import unique_name
 
 
 def _enum(conn: psycopg.Connection[DictRow], name: str) -> list[str]:
@@ -46,17 +46,16 @@ def test_migrate_twice_is_a_no_op(conn: psycopg.Connection[DictRow]) -> None:
 def test_migrate_applies_the_schema_to_an_empty_database_once(server_url: str) -> None:
     from psycopg.conninfo import make_conninfo
 
-    name = f"ledger_migrate_probe_{os.getpid()}"
+    name = unique_name("ledger_migrate_probe")
     with connect(server_url) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE {name}")
+        admin.execute(f'CREATE DATABASE "{name}"')
     try:
         with connect(make_conninfo(server_url, dbname=name)) as conn:
             first, second = migrate(conn), migrate(conn)
             assert (first.applied, second.applied) == (True, False)
     finally:
         with connect(server_url) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_a_batch_enqueue_notifies_each_queue_once_per_statement(db_url: str, store: Store) -> None:

@@ -234,6 +234,27 @@ def test_responses_carry_security_headers(client: falcon.testing.TestClient) -> 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 
 
+@pytest.mark.parametrize(
+    ("csrf_field", "csrf_cookie"),
+    [
+        pytest.param(None, "c" * 32, id="no csrf in the form"),
+        pytest.param("x" * 32, "c" * 32, id="a wrong csrf"),
+        pytest.param("c" * 32, None, id="no csrf cookie"),
+        pytest.param("", "c" * 32, id="an empty csrf"),
+        pytest.param(None, None, id="neither csrf nor cookie"),
+    ],
+)
+def test_sign_in_with_the_right_token_but_no_matching_csrf_is_refused(
+    pool: ConnectionPool[Any], csrf_field: str | None, csrf_cookie: str | None
+) -> None:
+    c = client_for(pool, TOKEN)
+    form = {"token": TOKEN, "next": "/failed"} | ({} if csrf_field is None else {"csrf": csrf_field})
+    cookies = {} if csrf_cookie is None else {"ledger_csrf": csrf_cookie}
+    r = c.simulate_post("/login", body=_form(form), cookies=cookies, headers=FORM)
+    assert 400 <= r.status_code < 500, r.status_code
+    assert "ledger_session" not in r.cookies
+
+
 def _form(data: dict[str, str]) -> str:
     from urllib.parse import urlencode
 
@@ -257,10 +278,24 @@ def test_dashboard_pages_render(client: falcon.testing.TestClient, store: Store)
     assert client.simulate_get("/jobs/999999").status_code == 404
 
 
-def test_dashboard_text_is_escaped(client: falcon.testing.TestClient, store: Store) -> None:
-    job = discarded_job(store, error="<script>alert(1)</script>")
-    page = client.simulate_get(f"/jobs/{job}").text
-    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
+SCRIPT = "<script>alert(1)</script>"
+
+
+@pytest.mark.parametrize("page", ["/jobs/{job}", "/failed", "/", "/jobs"])
+def test_an_error_text_is_escaped_on_every_page_that_shows_it(
+    client: falcon.testing.TestClient, store: Store, page: str
+) -> None:
+    job = discarded_job(store, error=SCRIPT)
+    html = client.simulate_get(page.format(job=job)).text
+    assert f"#{job}" in html or f"job {job}" in html.lower(), "the page shows the job"
+    assert SCRIPT not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_a_filter_value_is_escaped_where_the_form_shows_it_again(client: falcon.testing.TestClient) -> None:
+    for page in ("/failed", "/jobs"):
+        r = client.simulate_get(page, params={"kind": '"><script>alert(1)</script>'})
+        assert r.status_code == 200, page
+        assert "<script>alert(1)" not in r.text and "&lt;script&gt;alert(1)" in r.text, page
 
 
 def test_dashboard_replay_needs_the_csrf_token_and_records_who(client: falcon.testing.TestClient, store: Store) -> None:

@@ -84,7 +84,10 @@ class WorkerProcess:
 
     def wait(self, timeout: float = 30.0) -> int:
         """Wait for the process to exit on its own (after a signal the test sent)."""
-        code = self.proc.wait(timeout)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"worker {self.name} still running after {timeout}s:\n{self.log}") from None
         self._reader.join(5)
         return code
 
