@@ -252,6 +252,26 @@ CREATE TABLE ledger.limit_starts (
     starts     timestamptz[] NOT NULL
 );
 
+-- ---------------------------------------------------------------- results, progress and waiting
+-- A job's result is in its `succeeded` event (data.result). Progress is not
+-- a change of state, so it is not an event: the latest report of the running
+-- attempt, kept beside the job and gone with it (retention, a rebuild).
+CREATE TABLE ledger.progress (
+    job_id   bigint PRIMARY KEY REFERENCES ledger.jobs (id) ON DELETE CASCADE,
+    attempt  int NOT NULL,
+    at       timestamptz NOT NULL,
+    value    jsonb NOT NULL
+);
+
+-- Clients waiting for a job to finish (client.wait): a job that ends with
+-- a row here NOTIFYs `ledger:done` with its id, so nobody polls and a job
+-- nobody waits for costs nothing. A row a dead client left is swept by age.
+CREATE TABLE ledger.waiters (
+    job_id  bigint NOT NULL,
+    since   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX waiters_job_idx ON ledger.waiters (job_id);
+
 -- ---------------------------------------------------------------- web sessions
 -- The web app's own state, shared by all its processes: who is signed in to
 -- the dashboard, and who keeps guessing the API token. Both are here rather
@@ -325,6 +345,9 @@ CREATE VIEW ledger.read_queue_events AS
 
 CREATE VIEW ledger.read_queue_state AS
     SELECT queue, paused, changed_at, changed_by, reason FROM ledger.queue_state;
+
+CREATE VIEW ledger.read_progress AS
+    SELECT job_id, attempt, at, value FROM ledger.progress;
 
 CREATE VIEW ledger.read_limits AS
     SELECT scope, concurrency, rate, per, key_path, updated_at FROM ledger.limits;
@@ -542,6 +565,10 @@ BEGIN
     IF (n.state IN ('available', 'scheduled', 'retryable') AND n.run_at <= now())
        OR (j.state = 'running' AND n.limit_key IS NOT NULL) THEN  -- work, or a limit's slot, is free
         PERFORM pg_notify('ledger.' || n.queue, '');
+    END IF;
+    IF n.state IN ('succeeded', 'cancelled', 'discarded') AND j.state IS DISTINCT FROM n.state
+       AND EXISTS (SELECT 1 FROM ledger.waiters w WHERE w.job_id = n.id) THEN
+        PERFORM pg_notify('ledger:done', n.id::text);
     END IF;
     RETURN n;
 END $$;
@@ -915,13 +942,16 @@ BEGIN
 END $$;
 
 -- The attempt succeeded.
-CREATE FUNCTION ledger.job_succeed(job_id bigint, expected_version int DEFAULT NULL, metadata jsonb DEFAULT '{}')
-RETURNS ledger.jobs LANGUAGE plpgsql
+-- The attempt succeeded; `result` (JSON, or NULL for none) is kept in the event.
+CREATE FUNCTION ledger.job_succeed(
+    job_id bigint, expected_version int DEFAULT NULL, metadata jsonb DEFAULT '{}', result jsonb DEFAULT NULL
+) RETURNS ledger.jobs LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     j ledger.jobs := ledger._job_for_update(job_id, expected_version);
 BEGIN
-    RETURN ledger._append(j, j.id, 'succeeded', '{}', metadata);
+    RETURN ledger._append(j, j.id, 'succeeded',
+        CASE WHEN result IS NULL THEN '{}' ELSE jsonb_build_object('result', result) END, metadata);
 END $$;
 
 -- Many attempts succeeded, in one statement: the worker's batch completer.
@@ -933,23 +963,26 @@ END $$;
 -- The event metadata is built here from plain arrays (worker, run time and
 -- pickup wait in ms): cheaper to send and parse than a JSON document per job.
 CREATE FUNCTION ledger.job_succeed_many(
-    job_ids bigint[], expected_versions int[], worker text, duration_ms float8[], wait_ms float8[]
+    job_ids bigint[], expected_versions int[], worker text, duration_ms float8[], wait_ms float8[],
+    results jsonb[] DEFAULT NULL
 ) RETURNS TABLE (job_id bigint, recorded boolean) LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY
     WITH input AS (
         SELECT t.id, t.v,
-               jsonb_strip_nulls(jsonb_build_object('worker', worker, 'duration_ms', t.d, 'wait_ms', t.w)) AS m
-        FROM unnest(job_ids, expected_versions, duration_ms, wait_ms) AS t(id, v, d, w)
+               jsonb_strip_nulls(jsonb_build_object('worker', worker, 'duration_ms', t.d, 'wait_ms', t.w)) AS m,
+               CASE WHEN results[t.ord] IS NULL THEN '{}'::jsonb
+                    ELSE jsonb_build_object('result', results[t.ord]) END AS r
+        FROM unnest(job_ids, expected_versions, duration_ms, wait_ms) WITH ORDINALITY AS t(id, v, d, w, ord)
     ), locked AS (
-        SELECT j.id, j.version + 1 AS v, j.head, i.m
+        SELECT j.id, j.version + 1 AS v, j.head, i.m, i.r
         FROM ledger.jobs j JOIN input i ON i.id = j.id
         WHERE j.state = 'running' AND j.version = i.v
         ORDER BY j.id
         FOR UPDATE OF j
     ), hashed AS (
-        SELECT l.id, l.v, l.m, ledger.event_hash(l.head, l.id, l.v, 'succeeded', now(), '{}', l.m) AS h
+        SELECT l.id, l.v, l.m, l.r, ledger.event_hash(l.head, l.id, l.v, 'succeeded', now(), l.r, l.m) AS h
         FROM locked l
     ), done AS (
         UPDATE ledger.jobs j
@@ -958,11 +991,14 @@ BEGIN
         RETURNING j.id
     ), appended AS (
         INSERT INTO ledger.events (job_id, version, type, at, data, metadata, hash)
-        SELECT l.id, l.v, 'succeeded', now(), '{}', l.m, l.h
+        SELECT l.id, l.v, 'succeeded', now(), l.r, l.m, l.h
         FROM hashed l
     ), freed AS (  -- a limit's slot is free: wake its queue's workers
         SELECT count(pg_notify('ledger.' || q.queue, '')) FROM (
             SELECT DISTINCT j.queue FROM ledger.jobs j JOIN done d ON d.id = j.id WHERE j.limit_key IS NOT NULL) AS q
+    ), told AS (  -- somebody waits for these (client.wait)
+        SELECT count(pg_notify('ledger:done', w.job_id::text))
+        FROM (SELECT DISTINCT wt.job_id FROM ledger.waiters wt JOIN done d ON d.id = wt.job_id) AS w
     )
     SELECT i.id, d.id IS NOT NULL FROM input i LEFT JOIN done d ON d.id = i.id;
 END $$;
@@ -1330,7 +1366,8 @@ DECLARE
     api text[] := ARRAY['job_enqueue_many', 'job_enqueue', 'job_claim', 'job_succeed', 'job_succeed_many',
                         'job_fail', 'job_cancel', 'job_stop', 'job_snooze', 'job_replay', 'job_rescue',
                         'periodic_enqueue', 'worker_heartbeat', 'worker_stop', 'events_prune_partition',
-                        'queue_set_paused', 'limit_set', 'limit_clear'];
+                        'queue_set_paused', 'limit_set', 'limit_clear', 'job_progress_set',
+                        'job_wait_begin', 'job_wait_end'];
     -- Reads, and the web app's own state (sessions, the sign-in throttle), which a
     -- dashboard served by the read-only role needs too; neither touches a job.
     reads text[] := ARRAY['job_counts', 'kinds_unserved', 'projections_diff', 'metrics_refresh', 'events_appended',
@@ -1338,7 +1375,8 @@ DECLARE
                           'web_session_start', 'web_session_check', 'web_session_end',
                           'web_auth_wait', 'web_auth_fail', 'web_auth_forgive'];
     views text[] := ARRAY['read_jobs', 'read_events', 'read_discarded', 'read_metrics', 'read_partitions',
-                          'read_schema_versions', 'read_queue_events', 'read_queue_state', 'read_limits'];
+                          'read_schema_versions', 'read_queue_events', 'read_queue_state', 'read_limits',
+                          'read_progress'];
     r ledger.roles;
     f regprocedure;
     v text;
@@ -1443,6 +1481,37 @@ RETURNS boolean LANGUAGE sql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     WITH gone AS (DELETE FROM ledger.limits l WHERE l.scope = limit_clear.scope RETURNING 1)
     SELECT count(*) > 0 FROM gone
+$$;
+
+-- ---------------------------------------------------------------- results, progress and waiting
+
+-- The latest progress of a running attempt (`ctx.progress(...)` in a handler);
+-- false, and nothing kept, when the attempt is no longer running (it ended,
+-- or it was cancelled or rescued meanwhile).
+CREATE FUNCTION ledger.job_progress_set(job_id bigint, attempt int, value jsonb)
+RETURNS boolean LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO ledger.progress AS p (job_id, attempt, at, value)
+    SELECT j.id, j.attempt, now(), job_progress_set.value FROM ledger.jobs j
+    WHERE j.id = job_progress_set.job_id AND j.state = 'running' AND j.attempt = job_progress_set.attempt
+    ON CONFLICT ON CONSTRAINT progress_pkey DO UPDATE SET attempt = excluded.attempt, at = excluded.at, value = excluded.value
+    RETURNING true
+$$;
+
+-- Begin waiting for `job_id` (the caller LISTENs on `ledger:done` first),
+-- and sweep waiters older than a day (a client that died while waiting).
+CREATE FUNCTION ledger.job_wait_begin(job_id bigint)
+RETURNS void LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM ledger.waiters w WHERE w.since < now() - interval '1 day';
+    INSERT INTO ledger.waiters (job_id) VALUES (job_wait_begin.job_id);
+$$;
+
+CREATE FUNCTION ledger.job_wait_end(job_id bigint)
+RETURNS void LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM ledger.waiters w
+    WHERE w.ctid = (SELECT w2.ctid FROM ledger.waiters w2 WHERE w2.job_id = job_wait_end.job_id LIMIT 1);
 $$;
 
 -- ---------------------------------------------------------------- web sessions

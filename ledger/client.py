@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
@@ -28,7 +29,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from . import tracing
 from .db import connect, connect_async, connection_problem, database_url
-from .errors import DatabaseUnavailable, InvalidArguments, UnknownKind
+from .errors import DatabaseUnavailable, InvalidArguments, JobFailed, JobNotFound, UnknownKind
 from .jsoncheck import check_json, dump_json
 from .kinds import Kind, Registry, default_registry, error_fields, format_validation_error
 from .models import JobId, JobRequest, Unique
@@ -174,6 +175,24 @@ def _one(kind: str, args: Mapping[str, Any] | BaseModel | None, options: dict[st
     return {"kind": kind, "args": data, **{k: v for k, v in options.items() if v is not None}}
 
 
+DONE = "ledger:done"
+"""Where a job someone waits for announces its end (schema.sql: ledger._append, ledger.job_succeed_many)."""
+
+_RUNNING = object()
+
+
+def _ended(job_id: int, outcome: Mapping[str, Any] | None) -> Any:
+    """The result of a job that succeeded; JobFailed or JobNotFound; _RUNNING while it has not ended."""
+    if outcome is None:
+        raise JobNotFound(f"job {job_id} not found")
+    state = str(outcome["state"])
+    if state == "succeeded":
+        return outcome["result"]  # jsonb, decoded by psycopg (the waiter's own connection)
+    if state in ("discarded", "cancelled"):
+        raise JobFailed(job_id, state, outcome["last_error"])
+    return _RUNNING
+
+
 class Client:
     """Enqueue jobs. `conn=` joins the caller's connection and transaction; else its own connection.
 
@@ -229,6 +248,33 @@ class Client:
         if _inline is not None:
             _inline.run(target, ids)
         return ids
+
+    def wait(self, job_id: int, timeout: float | None = None) -> Any:
+        """Wait until job `job_id` ends and return its result (what its handler returned; None if nothing).
+
+        Raises JobFailed with the job's last error when it was discarded or cancelled,
+        JobNotFound for no such job, TimeoutError after `timeout` seconds. Woken by
+        the job's end (NOTIFY `ledger:done`, sent only for jobs someone waits for), not
+        by polling; on a connection of its own, so it works inside or outside a transaction.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with connect(self.url or database_url()) as conn:
+            store = Store(conn)
+            store.listen([DONE])
+            store.wait_begin(job_id)
+            try:
+                while True:
+                    found = _ended(job_id, store.job_outcome(job_id))
+                    if found is not _RUNNING:
+                        return found
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError(f"job {job_id} did not end within {timeout:g}s")
+                    # Any job's end wakes this waiter; it looks again, whichever ended.
+                    for _ in conn.notifies(timeout=min(left, 5.0) if left is not None else 5.0, stop_after=1):
+                        pass
+            finally:
+                store.wait_end(job_id)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -297,6 +343,31 @@ class AsyncClient:
             except psycopg.OperationalError as exc:
                 raise DatabaseUnavailable(connection_problem(url, exc)) from exc
         return self._conn
+
+    async def wait(self, job_id: int, timeout: float | None = None) -> Any:
+        """The async twin of Client.wait: the job's result, JobFailed, JobNotFound or TimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        url = self.url or database_url()
+        try:
+            conn = await connect_async(url)
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(connection_problem(url, exc)) from exc
+        async with conn:
+            store = AsyncStore(conn)
+            await store.listen([DONE])
+            await store.wait_begin(job_id)
+            try:
+                while True:
+                    found = _ended(job_id, await store.job_outcome(job_id))
+                    if found is not _RUNNING:
+                        return found
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError(f"job {job_id} did not end within {timeout:g}s")
+                    async for _ in conn.notifies(timeout=min(left, 5.0) if left is not None else 5.0, stop_after=1):
+                        pass
+            finally:
+                await store.wait_end(job_id)
 
     async def close(self) -> None:
         if self._conn is not None:

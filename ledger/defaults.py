@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-__all__ = ["LEASE", "MAX_ATTEMPTS", "PRIORITY", "QUEUE", "TIMEOUT"]
+__all__ = ["LEASE", "MAX_ATTEMPTS", "PRIORITY", "QUEUE", "RESULT_MAX_BYTES", "TIMEOUT"]
 
 QUEUE = "default"
 """The queue of a kind that names none."""
@@ -23,3 +23,6 @@ TIMEOUT = 300.0
 """Seconds an attempt may run before it is cancelled and counted as failed."""
 LEASE = timedelta(seconds=30)
 """How long a worker's running jobs stay safe from rescue without a heartbeat; renewed every lease/3."""
+RESULT_MAX_BYTES = 64 * 1024
+"""The largest result (a handler's return value, as JSON) a `succeeded` event keeps; past it, the attempt is
+discarded."""

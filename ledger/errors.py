@@ -13,6 +13,7 @@ __all__ = [
     "DatabaseUnavailable",
     "IllegalTransition",
     "InvalidArguments",
+    "JobFailed",
     "JobNotFound",
     "LedgerError",
     "PermissionDenied",
@@ -63,6 +64,15 @@ class VersionConflict(LedgerError):
 
 class JobNotFound(LedgerError):
     """No job has that id (SQLSTATE LG003)."""
+
+
+class JobFailed(LedgerError):
+    """A job waited for (client.wait) ended without succeeding: discarded or cancelled, with its last error."""
+
+    def __init__(self, job_id: int, state: str, last_error: str | None) -> None:
+        why = f": {last_error}" if last_error else ""
+        super().__init__(f"job {job_id} was {state}{why}")
+        self.job_id, self.state, self.last_error = job_id, state, last_error
 
 
 class PermissionDenied(LedgerError):

@@ -74,6 +74,17 @@ class JobContext(Generic[A]):
     worker: str
     database_url: str
     cancelled: threading.Event = field(default_factory=threading.Event, compare=False)
+    report: Callable[[dict[str, Any]], None] = field(default=lambda value: None, compare=False, repr=False)
+
+    def progress(self, **fields: Any) -> None:
+        """Report how far this attempt has come (`ctx.progress(done=3, total=10, message="...")`).
+
+        The latest report is kept beside the job while it runs and shown by
+        `ledger show`, the API and the dashboard. Cheap to call often: the
+        worker writes at most one report per job every half second (the
+        latest wins). The fields must be JSON (InvalidArguments otherwise).
+        """
+        self.report(fields)
 
     @property
     def id(self) -> int:

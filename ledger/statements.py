@@ -37,13 +37,15 @@ client has: it checks the text it sends)."""
 class Success(NamedTuple):
     """One successful attempt for the batch completer: the job at the version its claim returned.
 
-    duration_ms and wait_ms (due -> started) feed the metrics' histograms.
+    duration_ms and wait_ms (due -> started) feed the metrics' histograms; result is the
+    handler's return value as JSON text (None: it returned nothing).
     """
 
     job_id: int
     version: int
     duration_ms: float | None = None
     wait_ms: float | None = None
+    result: str | None = None
 
 
 class Cycle(NamedTuple):
@@ -101,6 +103,8 @@ def succeed_params(successes: Sequence[Success | tuple[int, int]], worker: str |
         "worker": worker,
         "duration_ms": [s.duration_ms for s in done],
         "wait_ms": [s.wait_ms for s in done],
+        # Only when some job returned something: most batches send a NULL.
+        "results": [s.result for s in done] if any(s.result is not None for s in done) else None,
     }
 
 

@@ -223,9 +223,15 @@ class Store:
         return Cycle(claimed, recorded)
 
     def succeed(
-        self, job_id: int, *, expected_version: int | None = None, metadata: dict[str, Any] | None = None
+        self,
+        job_id: int,
+        *,
+        expected_version: int | None = None,
+        metadata: dict[str, Any] | None = None,
+        result: str | None = None,
     ) -> Job:
-        return self._job("job_succeed", command_params(job_id, expected_version, metadata))
+        """The attempt succeeded; `result` (JSON text) is kept in the `succeeded` event."""
+        return self._job("job_succeed", command_params(job_id, expected_version, metadata, result=result))
 
     def succeed_many(
         self, successes: Sequence[Success | tuple[int, int]], worker: str | None = None
@@ -374,6 +380,31 @@ class Store:
     def events_verify(self) -> list[DictRow]:
         """(job_id, version, problem) wherever a history disagrees with its hash chain; empty when untouched."""
         return self._rows("events_verify")
+
+    # ------------------------------------------------------------ results, progress and waiting
+
+    def progress_set(self, job_id: int, attempt: int, value: dict[str, Any]) -> bool:
+        """Keep a running attempt's latest progress; False when that attempt no longer runs."""
+        params = {"id": job_id, "attempt": attempt, "value": Jsonb(value)}
+        kept: bool = self._one("job_progress_set", params)["kept"]
+        return kept
+
+    def progress(self, job_id: int) -> DictRow | None:
+        """(attempt, at, value) of the latest progress of the job's running (or last) attempt, if any."""
+        rows = self._rows("job_progress_get", {"id": job_id})
+        return rows[0] if rows else None
+
+    def job_outcome(self, job_id: int) -> DictRow | None:
+        """(state, last_error, result) of a job; None when there is no such job."""
+        rows = self._rows("job_outcome", {"id": job_id})
+        return rows[0] if rows else None
+
+    def wait_begin(self, job_id: int) -> None:
+        """Register a waiter: the job's end NOTIFYs `ledger:done` (LISTEN to it first)."""
+        self._run("job_wait_begin", {"id": job_id})
+
+    def wait_end(self, job_id: int) -> None:
+        self._run("job_wait_end", {"id": job_id})
 
     # ------------------------------------------------------------ flow control
 

@@ -197,3 +197,29 @@ def export(ctx: JobContext[Customer]) -> None:
 async def charge(ctx: JobContext[Customer]) -> None:
     """At most three charges per customer start in any second."""
     return None
+
+
+class Answer(BaseModel):
+    n: int
+    seconds: float = 0.0
+    huge: bool = False
+
+
+@default_registry.kind("answer", args=Answer, max_attempts=3)
+async def answer(ctx: JobContext[Answer]) -> dict[str, object]:
+    """Returns its result: what client.wait gives back."""
+    import asyncio
+
+    await asyncio.sleep(ctx.args.seconds)
+    if ctx.args.huge:
+        return {"blob": "x" * 70_000}
+    return {"answer": ctx.args.n * 2}
+
+
+@default_registry.kind("steps", max_attempts=1)
+def steps(ctx: JobContext[NoArgs]) -> str:
+    """Reports its progress step by step."""
+    for done in range(1, 6):
+        ctx.progress(done=done, total=5, message=f"step {done}")
+        time.sleep(0.4)
+    return "done"

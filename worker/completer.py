@@ -61,8 +61,9 @@ def _wait_ms(o: Outcome) -> float | None:
 
 
 def success_of(o: Outcome) -> Success:
-    """A success as job_succeed_many records it: at the claim's version, with its run and wait times."""
-    return Success(o.job.id, o.job.version, _duration_ms(o), _wait_ms(o))
+    """A success as job_succeed_many records it: at the claim's version, with its run and wait times
+    and what the handler returned."""
+    return Success(o.job.id, o.job.version, _duration_ms(o), _wait_ms(o), o.result)
 
 
 def outcome_metadata(o: Outcome, worker: str) -> dict[str, Any]:

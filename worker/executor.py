@@ -26,10 +26,12 @@ from typing import Any, Literal
 
 import anyio
 import anyio.to_thread
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ledger import tracing
-from ledger.errors import UnknownKind
+from ledger.defaults import RESULT_MAX_BYTES
+from ledger.errors import InvalidArguments, UnknownKind
+from ledger.jsoncheck import dump_json
 from ledger.kinds import JobCancel, JobContext, JobDiscard, JobSnooze, Registry, format_validation_error
 from ledger.models import Job
 from ledger.retry_policy import retry_at
@@ -54,7 +56,31 @@ class Outcome:
     """For a failure: when to retry, if attempts remain (ledger/retry_policy.py)."""
     run_at: datetime | None = None
     """For a snooze: when to run again."""
+    result: str | None = None
+    """For a success: what the handler returned, as JSON text (None when it returned None)."""
     exception: BaseException | None = field(default=None, compare=False)
+
+
+def _ignore(value: dict[str, Any]) -> None:
+    del value
+
+
+def result_json(value: Any) -> str:
+    """A handler's return value as the JSON text its `succeeded` event keeps; InvalidArguments
+    naming `result` when it is not JSON or is larger than RESULT_MAX_BYTES."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    try:
+        text = dump_json(value, "result")
+    except TypeError:
+        raise InvalidArguments(
+            f"result: a {type(value).__name__} is not JSON; return a dict, list, str, number or pydantic model",
+            ["result"],
+        ) from None
+    size = len(text.encode("utf-8"))
+    if size > RESULT_MAX_BYTES:
+        raise InvalidArguments(f"result: {size:,} bytes of JSON; the limit is {RESULT_MAX_BYTES:,}", ["result"])
+    return text
 
 
 def _error_text(exc: BaseException) -> str:
@@ -75,18 +101,20 @@ async def execute(
     jitter: Callable[[], float] = random.random,
     cancelled: threading.Event | None = None,
     trace: Mapping[str, str] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> Outcome:
     """Run `job` to an Outcome; never raises for anything the handler does.
 
     `clock` and `jitter` feed the retry policy of a failed attempt; tests pass fixed ones.
     `cancelled` is the handler's ctx.cancelled: the producer sets it (and cancels this
     task, for an async handler) when an operator cancels the job. `trace` is the
-    trace context the job's enqueue recorded: the attempt's span is its child.
+    trace context the job's enqueue recorded: the attempt's span is its child. `progress`
+    takes what the handler reports with ctx.progress(...).
     """
     if not tracing.enabled():  # the hot path pays one check
-        return await _execute(job, registry, worker, database_url, clock, jitter, cancelled)
+        return await _execute(job, registry, worker, database_url, clock, jitter, cancelled, progress)
     with tracing.attempt_span(job, trace) as attempt:
-        outcome = await _execute(job, registry, worker, database_url, clock, jitter, cancelled)
+        outcome = await _execute(job, registry, worker, database_url, clock, jitter, cancelled, progress)
         attempt.outcome(outcome.kind, outcome.error, outcome.exception)
         return outcome
 
@@ -99,6 +127,7 @@ async def _execute(
     clock: Callable[[], datetime],
     jitter: Callable[[], float],
     cancelled: threading.Event | None,
+    progress: Callable[[dict[str, Any]], None] | None,
 ) -> Outcome:
     cancelled = cancelled or threading.Event()
     started = time.monotonic()
@@ -124,19 +153,28 @@ async def _execute(
             return failure(exc, f"invalid args for job kind {job.kind!r}: {format_validation_error(exc)}")
         if kind.handler is None:
             raise UnknownKind(f"job kind {job.kind!r} has no handler in this worker")
-        ctx = JobContext(args=args, job=job, worker=worker, database_url=database_url, cancelled=cancelled)
+        ctx = JobContext(
+            args=args, job=job, worker=worker, database_url=database_url, cancelled=cancelled,
+            report=progress or _ignore,
+        )  # fmt: skip
         handler = kind.handler
         if inspect.iscoroutinefunction(handler):
             # asyncio.timeout, not anyio.fail_after: this is the per-job hot path and
             # anyio's cancel scopes cost several times more; the worker runs on asyncio.
             async with asyncio.timeout(kind.timeout):
-                await handler(ctx)
+                value = await handler(ctx)
         else:
             with anyio.fail_after(kind.timeout):
-                result = await anyio.to_thread.run_sync(handler, ctx, abandon_on_cancel=True)
-                if inspect.isawaitable(result):
-                    await result
-        return done("succeeded")
+                value = await anyio.to_thread.run_sync(handler, ctx, abandon_on_cancel=True)
+                if inspect.isawaitable(value):
+                    value = await value
+        if value is None:
+            return done("succeeded")
+        try:
+            return done("succeeded", result=result_json(value))
+        except InvalidArguments as exc:
+            # Retrying cannot shrink what the code returns: discarded, saying why.
+            return failure(exc, str(exc), discard=True)
     except JobSnooze as s:
         return done("snoozed", run_at=s.run_at)
     except JobCancel as c:

@@ -51,6 +51,7 @@ from ledger.store_async import AsyncStore
 from .completer import Completer
 from .config import WorkerConfig
 from .executor import execute
+from .progress import ProgressWriter
 
 if TYPE_CHECKING:
     from prometheus_client import Histogram
@@ -62,9 +63,16 @@ log = logging.getLogger("worker")
 
 class Producer:
     def __init__(
-        self, pool: AsyncConnectionPool[Any], url: str, config: WorkerConfig, registry: Registry, completer: Completer
+        self,
+        pool: AsyncConnectionPool[Any],
+        url: str,
+        config: WorkerConfig,
+        registry: Registry,
+        completer: Completer,
+        progress: ProgressWriter | None = None,
     ) -> None:
         self.pool = pool
+        self.progress = progress
         self.url = url
         self.config = config
         self.registry = registry
@@ -281,7 +289,10 @@ class Producer:
         # the drain.) The job stays in `running` until its outcome is recorded.
         try:
             trace = (await carriers).get(job.id) if carriers is not None else None
-            outcome = await execute(job, self.registry, self.config.id, self.url, cancelled=cancelled, trace=trace)
+            report = self.progress.reporter(job) if self.progress is not None else None
+            outcome = await execute(
+                job, self.registry, self.config.id, self.url, cancelled=cancelled, trace=trace, progress=report
+            )
         except BaseException:
             self.running.pop(job.id, None)  # abandoned: nothing to record
             raise

@@ -5,7 +5,9 @@ loop, where a claim happens, and the jobs' slots), the completer
 (worker/completer.py: where outcomes are recorded), the heartbeat
 (worker/heartbeat.py: the lease, and lost claims), the scheduler
 (worker/periodic.py: periodic jobs, including the maintenance jobs of
-worker/maintenance.py), and the listener (worker/listener.py: NOTIFY).
+worker/maintenance.py), the listener (worker/listener.py: NOTIFY, and cancels)
+and the progress writer (worker/progress.py: what handlers report with
+ctx.progress).
 
 Shutdown: the first SIGTERM/SIGINT stops claiming and lets running jobs
 finish (and their outcomes be recorded) for up to shutdown_timeout; the
@@ -39,6 +41,7 @@ from .listener import Listener
 from .maintenance import worker_registry
 from .periodic import Scheduler
 from .producer import Producer
+from .progress import ProgressWriter
 
 if TYPE_CHECKING:
     from .metrics import WorkerMetrics
@@ -96,7 +99,8 @@ class Worker:
         await pool.open(wait=True, timeout=30)
         try:
             completer = Completer(pool, self.registry, self.config.id)
-            producer = Producer(pool, self.url, self.config, self.registry, completer)
+            progress = ProgressWriter(pool)
+            producer = Producer(pool, self.url, self.config, self.registry, completer, progress)
             log.info(self._describe())
             if self.config.metrics_port is not None:
                 # Imported here: a worker without an endpoint needs no prometheus_client.
@@ -109,6 +113,7 @@ class Worker:
                 services.start_soon(self._signals, producer)
                 services.start_soon(Heartbeat(pool, self.config.id, self.config.lease, producer).run)
                 services.start_soon(Scheduler(pool, self.registry).run)
+                services.start_soon(progress.run)
                 listen = await self._listen_target(pool)
                 if listen is not None:
                     services.start_soon(Listener(listen, list(limits), producer.wake, producer.cancel).run)

@@ -7,13 +7,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 
 from ..apps import load_app
 from ..client import Client
 from ..console import fail
 from ..durations import parse_duration
-from ..kinds import default_registry
-from ..models import Event, Job
+from ..kinds import default_registry, format_validation_error
+from ..models import ACTIVE_STATES, Event, Job, Unique
 from ..states import JobState
 from .base import APP_OPTION, JOB_ID, app, friendly, operator, store
 
@@ -61,17 +62,39 @@ def enqueue(
         help="Enqueue a kind this machine has no code for: args are validated by the worker; "
         "options default to queue default, priority 5, 25 attempts.",
     ),
+    unique_key: str | None = typer.Option(
+        None, "--unique-key", help="Enqueue only if no job of this kind with this key is waiting or running."
+    ),
+    unique_period: str | None = typer.Option(
+        None, "--unique-period", help="With --unique-key: one job per period (1h, 1d) instead, whatever its state."
+    ),
     app_module: str | None = APP_OPTION,
 ) -> None:
-    """Enqueue one job and print its id."""
+    """Enqueue one job and print its id (or the id of the job its unique key matched)."""
     load_app(app_module)
     parsed = _json_object(args)
     when = _when(run_at, delay)
+    unique = None
+    if unique_period is not None and unique_key is None:
+        fail("--unique-period needs --unique-key", 2)
+    if unique_key is not None:
+        try:
+            unique = Unique(
+                key=unique_key,
+                period=parse_duration(unique_period, "unique_period") if unique_period else None,
+                states=frozenset(JobState) if unique_period else ACTIVE_STATES,
+            )
+        except ValidationError as exc:
+            fail(f"--unique-key: {format_validation_error(exc)}", 2)
     with store() as s:
         job_id = Client(registry=default_registry, insert_only=insert_only).enqueue(
-            kind, parsed, queue=queue, priority=priority, max_attempts=max_attempts, run_at=when, conn=s.conn
-        )
-    typer.echo(f"enqueued {kind} job id={job_id}")
+            kind, parsed, queue=queue, priority=priority, max_attempts=max_attempts, run_at=when, unique=unique,
+            conn=s.conn,
+        )  # fmt: skip
+    if job_id.duplicate:
+        typer.echo(f"job id={job_id} already enqueued (unique key {unique_key})")
+    else:
+        typer.echo(f"enqueued {kind} job id={job_id}")
 
 
 def _short(value: Any) -> str:
@@ -116,12 +139,23 @@ def show(
         if job is None:
             fail(f"job {job_id} not found")
         events = s.events_for_job(job_id)
+        progress = s.progress(job_id)
+    result = next((e.data["result"] for e in reversed(events) if e.type == "succeeded" and "result" in e.data), None)
     if as_json:
-        typer.echo(
-            json.dumps({"job": job.model_dump(mode="json"), "events": [e.model_dump(mode="json") for e in events]})
-        )
+        typer.echo(json.dumps({
+            "job": job.model_dump(mode="json"), "events": [e.model_dump(mode="json") for e in events],
+            "progress": None if progress is None else {**progress, "at": progress["at"].isoformat()},
+            "result": result,
+        }))  # fmt: skip
         return
-    typer.echo("\n".join([*_job_header(job), "timeline:", *(line for e in events for line in _event_lines(e))]))
+    extra = []
+    if progress is not None:
+        extra.append(f"  progress: {json.dumps(progress['value'])} (attempt {progress['attempt']}, "
+                     f"at {progress['at'].isoformat(timespec='milliseconds')})")  # fmt: skip
+    if result is not None:
+        extra.append(f"  result: {json.dumps(result)}")
+    lines = [*_job_header(job), *extra, "timeline:", *(line for e in events for line in _event_lines(e))]
+    typer.echo("\n".join(lines))
 
 
 @app.command("jobs")
@@ -247,3 +281,17 @@ def stats(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
     for queue, row in sorted(table.items()):
         oldest = _age(waits[queue].oldest_wait) if queue in waits else "-"
         typer.echo(f"{queue:<{width}} " + " ".join(f"{row.get(s, '0'):>9}" for s in states) + f"  {oldest}")
+
+
+@app.command()
+@friendly
+def wait(
+    job_id: int = JOB_ID,
+    timeout: float | None = typer.Option(None, min=0, help="Give up after this many seconds (exit 1)."),
+) -> None:
+    """Wait until the job ends; print its result as JSON (`null` for none), or exit 1 with its last error."""
+    try:
+        result = Client(registry=default_registry, insert_only=True).wait(job_id, timeout)
+    except TimeoutError as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(result))

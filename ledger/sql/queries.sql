@@ -37,7 +37,7 @@ SELECT id, duplicate FROM ledger.job_enqueue_many(
 SELECT * FROM ledger.job_claim(%(queue)s, %(n)s, %(worker)s, %(lease)s, %(metadata)s, %(kinds)s::text[]);
 
 -- name: job_succeed
-SELECT * FROM ledger.job_succeed(%(id)s, %(expected_version)s, %(metadata)s);
+SELECT * FROM ledger.job_succeed(%(id)s, %(expected_version)s, %(metadata)s, %(result)s::jsonb);
 
 -- name: job_fail
 SELECT * FROM ledger.job_fail(%(id)s, %(error)s, %(retry_at)s, %(discard)s, %(expected_version)s, %(metadata)s);
@@ -99,7 +99,8 @@ SELECT ledger.events_appended() AS total;
 
 -- name: job_succeed_many
 SELECT * FROM ledger.job_succeed_many(
-    %(ids)s::bigint[], %(versions)s::int[], %(worker)s, %(duration_ms)s::float8[], %(wait_ms)s::float8[]);
+    %(ids)s::bigint[], %(versions)s::int[], %(worker)s, %(duration_ms)s::float8[], %(wait_ms)s::float8[],
+    %(results)s::jsonb[]);
 
 -- name: events_partitions
 SELECT lo, hi, name, pruned_at FROM ledger.read_partitions ORDER BY lo;
@@ -218,3 +219,25 @@ ORDER BY queue;
 SELECT count(*) AS sessions, coalesce(string_agg(DISTINCT datname, ', '), '') AS databases
 FROM pg_stat_activity
 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();
+
+-- ---- results, progress and waiting
+
+-- name: job_progress_set
+SELECT coalesce(ledger.job_progress_set(%(id)s, %(attempt)s, %(value)s), false) AS kept;
+
+-- name: job_progress_get
+SELECT attempt, at, value FROM ledger.read_progress WHERE job_id = %(id)s;
+
+-- name: job_outcome
+-- What a waiter needs: the job's state, its last error, and its result (the
+-- data of its last `succeeded` event).
+SELECT j.state, j.last_error,
+       (SELECT e.data -> 'result' FROM ledger.read_events e
+        WHERE e.job_id = j.id AND e.type = 'succeeded' ORDER BY e.version DESC LIMIT 1) AS result
+FROM ledger.read_jobs j WHERE j.id = %(id)s;
+
+-- name: job_wait_begin
+SELECT ledger.job_wait_begin(%(id)s);
+
+-- name: job_wait_end
+SELECT ledger.job_wait_end(%(id)s);

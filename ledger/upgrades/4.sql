@@ -110,3 +110,17 @@ CREATE INDEX jobs_limited_running_idx ON ledger.jobs (limit_key) WHERE limit_key
 ALTER TABLE ledger.jobs ADD COLUMN unique_key text, ADD COLUMN unique_states ledger.job_state[];
 CREATE UNIQUE INDEX jobs_unique_idx ON ledger.jobs (unique_key)
     WHERE unique_key IS NOT NULL AND state = ANY (unique_states);
+
+-- Results, progress and waiting: a running attempt's latest progress, and
+-- the clients waiting for a job to end.
+CREATE TABLE ledger.progress (
+    job_id   bigint PRIMARY KEY REFERENCES ledger.jobs (id) ON DELETE CASCADE,
+    attempt  int NOT NULL,
+    at       timestamptz NOT NULL,
+    value    jsonb NOT NULL
+);
+CREATE TABLE ledger.waiters (
+    job_id  bigint NOT NULL,
+    since   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX waiters_job_idx ON ledger.waiters (job_id);
