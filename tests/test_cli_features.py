@@ -71,3 +71,12 @@ def test_wait_prints_the_result_or_fails_with_the_last_error(db_url: str, store:
     assert ledger("wait", str(ok), url=db_url).stdout == '{"sum": 7}\n'
     failed = ledger("wait", str(bad), url=db_url)
     assert failed.returncode == 1 and failed.stderr.strip() == f"error: job {bad} was discarded: boom"
+
+
+def test_stats_and_metrics_name_the_due_jobs_no_live_worker_can_run(db_url: str, store: Store) -> None:
+    store.enqueue_many([("always_fail", {}, "default", 5, 1, None)] * 3)
+    out = ledger("stats", url=db_url)
+    assert "no live worker runs always_fail in queue default: 3 job(s) wait for one" in out.stderr
+    assert json.loads(ledger("stats", "--json", url=db_url).stdout)["unserved"] == [
+        {"queue": "default", "kind": "always_fail", "jobs": 3}
+    ]

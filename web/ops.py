@@ -88,6 +88,7 @@ class LedgerCollector:
             counts = s.job_counts()
             histograms = s.metrics_histogram()
             appended = s.events_appended()
+            unserved = s.kinds_unserved()
         jobs = GaugeMetricFamily(
             "ledger_jobs",
             'Jobs by state and queue; past 100k jobs, finished states are estimated (queue="*").',
@@ -96,6 +97,14 @@ class LedgerCollector:
         for c in counts:
             jobs.add_metric([c.state, c.queue], c.count)
         yield jobs
+        waiting = GaugeMetricFamily(
+            "ledger_jobs_unserved",
+            "Due jobs no live worker can run (no worker of their queue has code for their kind).",
+            labels=["queue", "kind"],
+        )
+        for u in unserved:
+            waiting.add_metric([u["queue"], u["kind"]], u["jobs"])
+        yield waiting
         yield CounterMetricFamily("ledger_events_appended", "Events appended to the ledger.", value=appended)
         by_metric: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
         for h in histograms:  # ordered by metric, kind, le

@@ -255,6 +255,7 @@ def stats(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
     with store() as s:
         counts = s.job_counts()
         waits = {w.queue: w for w in s.queue_waits()}
+        unserved = s.kinds_unserved()
     if as_json:
         typer.echo(
             json.dumps(
@@ -264,6 +265,7 @@ def stats(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
                         {"queue": w.queue, "due": w.due, "oldest_wait_seconds": w.oldest_wait.total_seconds()}
                         for w in waits.values()
                     ],
+                    "unserved": [{"queue": u["queue"], "kind": u["kind"], "jobs": u["jobs"]} for u in unserved],
                 }
             )
         )
@@ -281,6 +283,8 @@ def stats(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
     for queue, row in sorted(table.items()):
         oldest = _age(waits[queue].oldest_wait) if queue in waits else "-"
         typer.echo(f"{queue:<{width}} " + " ".join(f"{row.get(s, '0'):>9}" for s in states) + f"  {oldest}")
+    for u in unserved:
+        typer.echo(f"no live worker runs {u['kind']} in queue {u['queue']}: {u['jobs']} job(s) wait for one", err=True)
 
 
 @app.command()
