@@ -1559,8 +1559,8 @@ DECLARE
     definition jsonb := jsonb_build_object('cron', cron, 'timezone', timezone, 'kind', kind, 'args', args,
         'queue', queue, 'priority', priority, 'max_attempts', max_attempts, 'missed', missed, 'grace', grace);
 BEGIN
-    IF name IS NULL OR length(name) NOT BETWEEN 1 AND 100 THEN
-        RAISE EXCEPTION 'name %: a schedule needs a name of 1-100 characters', quote_nullable(name) USING ERRCODE = 'LG004';
+    IF name IS NULL OR length(name) > 100 OR name !~ '^[A-Za-z0-9_.:-]+$' THEN
+        RAISE EXCEPTION 'name %: must be 1-100 letters, digits, or _ . : -', quote_nullable(name) USING ERRCODE = 'LG004';
     ELSIF cron IS NULL OR length(cron) NOT BETWEEN 1 AND 200 THEN
         RAISE EXCEPTION 'cron: a schedule needs a cron expression' USING ERRCODE = 'LG004';
     ELSIF timezone IS NULL OR length(timezone) NOT BETWEEN 1 AND 100 THEN

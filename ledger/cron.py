@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 
 from .errors import InvalidArguments
+from .models import ScheduleRow
 
 __all__ = [
     "MISSED_CAP",
@@ -39,6 +40,7 @@ __all__ = [
     "Plan",
     "check",
     "last_slot",
+    "next_run",
     "next_slot",
     "plan",
     "slots",
@@ -164,3 +166,21 @@ def plan(cron: str, tz: ZoneInfo, next_run_at: datetime, now: datetime, missed: 
         return Plan(fire, 0, None, None, following)
     last = latest if fire is None else last_slot(cron, tz, latest - timedelta(microseconds=1))
     return Plan(fire, passed, first, last, following)
+
+
+def next_run(row: ScheduleRow, now: datetime) -> tuple[datetime | None, str]:
+    """When `row` runs next and how to say it: `paused`, `due since ...` (no worker has taken the
+    slot yet), or the next slot. Computed from its expression when the row holds
+    no slot yet (just declared or resumed), so the answer does not wait for a worker."""
+    if row.paused:
+        return None, "paused"
+    if row.next_run_at > now:
+        return row.next_run_at, "next"
+    try:
+        tz = zone(row.timezone)
+        due = last_slot(row.cron, tz, now)
+        if due is not None and due >= row.next_run_at:
+            return due, "due since"
+        return next_slot(row.cron, tz, now), "next"
+    except (InvalidArguments, CronSimError, ValueError):  # an expression this version cannot read: the row's word
+        return row.next_run_at, "due since"

@@ -11,6 +11,7 @@ the registry.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ __all__ = [
     "HEARTBEAT",
     "PRUNE",
     "RESCUE",
+    "SCHEDULE_NAME",
     "Handler",
     "JobCancel",
     "JobContext",
@@ -47,6 +49,9 @@ __all__ = [
     "error_fields",
     "format_validation_error",
 ]
+
+SCHEDULE_NAME = r"[A-Za-z0-9_.:-]{1,100}"
+"""A schedule's name: what `ledger schedules pause NAME` and the URLs of the API take as they are."""
 
 HEARTBEAT = "heartbeat"
 RESCUE = "ledger.rescue"
@@ -275,8 +280,8 @@ class Registry:
         `registry.schedule("nightly", "report", cron="0 3 * * *", timezone="Europe/Paris")`
         """
         self.get(kind)
-        if not isinstance(name, str) or not 1 <= len(name) <= 100 or not name.isprintable():
-            raise InvalidArguments(f"name {name!r}: a schedule needs a printable name of 1-100 characters", ["name"])
+        if not isinstance(name, str) or not re.fullmatch(SCHEDULE_NAME, name):
+            raise InvalidArguments(f"name {name!r}: must be 1-100 letters, digits, or _ . : -", ["name"])
         if missed not in ("skip", "once"):
             raise InvalidArguments(f"missed {missed!r}: must be 'skip' or 'once'", ["missed"])
         if grace < timedelta(0):

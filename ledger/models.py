@@ -391,7 +391,9 @@ class JobFilter(BaseModel):
 
     kind: FilterText | None = None
     queue: FilterText | None = None
-    since: Annotated[datetime | None, BeforeValidator(_time_not_number)] = None
+    since: Annotated[
+        datetime | None, BeforeValidator(_time_not_number), Field(json_schema_extra={"pattern": RUN_AT})
+    ] = None
     error_like: FilterText | None = None
     search: FilterText | None = None
 
@@ -410,7 +412,7 @@ class JobFilter(BaseModel):
 
     @property
     def empty(self) -> bool:
-        return all(v is None for v in self.model_dump().values())
+        return all(v is None for v in self.params().values())
 
     def params(self) -> dict[str, Any]:
         return {"kind": self.kind, "queue": self.queue, "since": self.since, "error_like": self.error_like,

@@ -8,12 +8,12 @@ from typing import Any
 
 import typer
 
-from ..cron import last_slot, next_slot, zone
+from ..cron import next_run, zone
 from ..errors import LedgerError
 from ..models import ScheduleRow
 from .base import app, friendly, operator, store
 
-__all__ = ["next_run", "schedules_app"]
+__all__ = ["schedules_app"]
 
 schedules_app = typer.Typer(
     rich_markup_mode=None,
@@ -21,24 +21,6 @@ schedules_app = typer.Typer(
     help="Cron schedules: each with its next run (`ledger schedules`); pause or resume one.",
 )
 app.add_typer(schedules_app, name="schedules")
-
-
-def next_run(row: ScheduleRow, now: datetime) -> tuple[datetime | None, str]:
-    """When `row` runs next and how to say it: `paused`, `due since ...` (no worker has taken the
-    slot yet), or the next slot. Computed from its expression (ledger/cron.py) when the row holds
-    no slot yet (just declared or resumed), so the answer does not wait for a worker."""
-    if row.paused:
-        return None, "paused"
-    if row.next_run_at > now:
-        return row.next_run_at, "next"
-    try:
-        tz = zone(row.timezone)
-        due = last_slot(row.cron, tz, now)
-        if due is not None and due >= row.next_run_at:
-            return due, "due since"
-        return next_slot(row.cron, tz, now), "next"
-    except (LedgerError, ValueError):  # an expression this version cannot read: what the row says
-        return row.next_run_at, "due since"
 
 
 def _local(when: datetime | None, timezone: str) -> str:
