@@ -89,8 +89,9 @@ def _chart(title: str, counts: dict[datetime, dict[str, int]], since: datetime, 
                 label = f"{start:%H:%M} UTC: {b[outcome]} {outcome}"
                 chart.bars.append(Bar(round(i * step, 2), round(base, 2), round(max(step - 0.5, 0.5), 2),
                                       round(h, 2), outcome, label))  # fmt: skip
-    every = max(1, n // 6)
-    chart.ticks = [(round(i * step, 2), f"{since + i * bucket:%H:%M}") for i in range(0, n, every)]
+    # Seven times evenly spread from the first bucket to the end, laid out under the bars by the page
+    # (text inside the stretched SVG would stretch with it).
+    chart.ticks = [(round(k / 6 * WIDTH, 2), f"{since + (until - since) * k / 6:%H:%M}") for k in range(7)]
     return chart
 
 
