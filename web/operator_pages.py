@@ -25,7 +25,7 @@ from ledger.store import Store
 from .api import _int_param, action_body, parse_time, text_param
 from .chart import Chart, charts
 from .forms import local_path, read_form
-from .operators import check_queue, check_schedule, queue_views, schedule_views
+from .operators import FOLD_AT_MOST, check_queue, check_schedule, queue_views, schedule_views
 from .pages import Page, env
 from .stores import store
 
@@ -35,8 +35,9 @@ HOURS = (1, 3, 6, 12, 24)
 
 
 def throughput_charts(s: Store, span: timedelta, kind: str | None = None, *, per_kind: int = 12) -> list[Chart]:
-    """Fold the events since the last fold, then the charts of the last `span`: all kinds, then the busiest."""
-    s.throughput_refresh()
+    """Fold the events since the last fold (at most FOLD_AT_MOST), then the charts of the last `span`:
+    all kinds, then the busiest."""
+    s.throughput_refresh(max_events=FOLD_AT_MOST)
     now = s.db_now_minus(timedelta(0))
     return charts(s.throughput(now - span, kind), now - span, now, per_kind=per_kind)
 

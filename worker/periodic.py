@@ -13,15 +13,12 @@ on the database's clock, which slot is due and which comes next
 next_run_at from the value it read to the next slot and enqueue the due
 one. The first worker's move wins; the others find next_run_at moved and do
 nothing. Between ticks it sleeps until the earliest next slot (at most 5 s),
-so a slot's job is enqueued within milliseconds of its time. The same loop
-keeps the dashboard's throughput rollup folded (ledger.throughput_refresh;
-a try-lock lets one worker of the fleet do it at a time).
+so a slot's job is enqueued within milliseconds of its time.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import anyio
@@ -41,15 +38,12 @@ log = logging.getLogger(__name__)
 MAX_SLEEP = 5.0
 """Seconds between two reads of the schedules at most: how soon a pause, a resume or a schedule
 another worker declared is seen."""
-ROLLUP_EVERY = 15.0
-"""Seconds between two folds of the throughput rollup by this worker."""
 
 
 class Scheduler:
     def __init__(self, pool: AsyncConnectionPool[Any], registry: Registry) -> None:
         self.pool = pool
         self.registry = registry
-        self._rolled_at = 0.0
 
     @property
     def tick(self) -> float:
@@ -128,7 +122,6 @@ class Scheduler:
         mine = self.registry.schedules
         async with self.pool.connection() as conn:
             store = AsyncStore(conn)
-            await self._roll_up(store)
             if not mine:
                 return MAX_SLEEP
             rows, now = await store.schedules()
@@ -164,10 +157,3 @@ class Scheduler:
         if taken and job_id is not None:
             log.info("scheduled job enqueued", extra={"schedule": row.name, "slot": str(p.fire), "job_id": job_id})
         return p.following.timestamp() if p.following is not None else None
-
-    async def _roll_up(self, store: AsyncStore) -> None:
-        """Keep the throughput rollup folded, every ROLLUP_EVERY seconds (the dashboard also folds on read)."""
-        if time.monotonic() - self._rolled_at < ROLLUP_EVERY:
-            return
-        self._rolled_at = time.monotonic()
-        await store.throughput_refresh()
