@@ -26,11 +26,14 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from bench import history
-from bench.harness import system
 from ledger.db import connect, database_url
+from ledger.migrate import migrate
 from ledger.store import Store
+
+DATABASE = "bench_throughput"
 
 _DIRECT = """
 SELECT date_bin('1 minute', e.at, timestamptz 'epoch') AS minute, j.kind,
@@ -59,11 +62,22 @@ def _median_ms(fn: Any, n: int = 30) -> float:
     return statistics.median(samples) * 1000
 
 
+def _fresh(server: str) -> str:
+    """A database of its own (not bench_ledger, which `just bench` and bench.retention use), with the schema."""
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{DATABASE}"')
+    url = make_conninfo(server, dbname=DATABASE)
+    with connect(url) as conn:
+        migrate(conn)
+    return url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=5_000_000)
     args = parser.parse_args()
-    url = system("ledger").fresh(database_url())
+    url = _fresh(database_url())
     print(f"building a ledger of {args.events:,} events ...", flush=True)
     built = history.build_history(url, args.events, dead_every=50)
     with connect(url) as conn:
