@@ -1707,36 +1707,43 @@ $$;
 
 -- The ids of jobs newest first, filtered (ledger._job_matches, and a
 -- state); keyset pages: pass the last id seen as `before`. Ids only: the
--- caller reads the rows through ledger.read_jobs. With a search, the walk
+-- caller reads the rows through ledger.read_jobs (ROWS 50: a page, so its
+-- planner joins them by primary key rather than hashing the whole view).
+-- plpgsql, so the plan is cached and made for the filters given (a SQL
+-- function's was generic: 4x slower for `ledger failed`, measured). With a search, the walk
 -- down the primary key reads jobs until a page is full: fast while matches
 -- are common, a scan of the table when none matches.
 CREATE FUNCTION ledger.jobs_find(
     state ledger.job_state DEFAULT NULL, kind text DEFAULT NULL, queue text DEFAULT NULL,
     since timestamptz DEFAULT NULL, error_like text DEFAULT NULL, search text DEFAULT NULL,
     before bigint DEFAULT NULL, lim int DEFAULT 50
-) RETURNS TABLE (id bigint) LANGUAGE sql STABLE
+) RETURNS TABLE (id bigint) LANGUAGE plpgsql STABLE ROWS 50
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
     SELECT j.id FROM ledger.jobs j
     WHERE (jobs_find.state IS NULL OR j.state = jobs_find.state)
       AND (jobs_find.before IS NULL OR j.id < jobs_find.before)
       AND ledger._job_matches(j, jobs_find.kind, jobs_find.queue, jobs_find.since,
-                            jobs_find.error_like, jobs_find.search)
+                              jobs_find.error_like, jobs_find.search)
     ORDER BY j.id DESC
-    LIMIT jobs_find.lim
-$$;
+    LIMIT jobs_find.lim;
+END $$;
 
 -- The ids of dead letters newest first, filtered as jobs_find's are.
 CREATE FUNCTION ledger.discarded_find(
     kind text DEFAULT NULL, queue text DEFAULT NULL, since timestamptz DEFAULT NULL,
     error_like text DEFAULT NULL, search text DEFAULT NULL, lim int DEFAULT 50
-) RETURNS TABLE (job_id bigint) LANGUAGE sql STABLE
+) RETURNS TABLE (job_id bigint) LANGUAGE plpgsql STABLE ROWS 50
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
     SELECT d.job_id FROM ledger.discarded d JOIN ledger.jobs j ON j.id = d.job_id
     WHERE ledger._job_matches(j, discarded_find.kind, discarded_find.queue, discarded_find.since,
-                            discarded_find.error_like, discarded_find.search)
+                              discarded_find.error_like, discarded_find.search)
     ORDER BY d.discarded_at DESC, d.job_id DESC
-    LIMIT discarded_find.lim
-$$;
+    LIMIT discarded_find.lim;
+END $$;
 
 -- How many dead letters match (what "replay all matching" would take).
 CREATE FUNCTION ledger.discarded_count(
