@@ -1820,7 +1820,8 @@ BEGIN
     END IF;
     ids := ARRAY(SELECT x.id FROM ledger.jobs x
                  WHERE x.id > coalesce(after_id, 0) AND (upto_id IS NULL OR x.id <= upto_id)
-                   AND x.state = ANY (states) AND ledger._job_matches(x, _jobs_bulk.kind, _jobs_bulk.queue, _jobs_bulk.since,
+                   AND x.state = ANY (states)
+                   AND ledger._job_matches(x, _jobs_bulk.kind, _jobs_bulk.queue, _jobs_bulk.since,
                                            _jobs_bulk.error_like, _jobs_bulk.search)
                  ORDER BY x.id LIMIT max_jobs);
     IF dry_run THEN
