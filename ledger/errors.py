@@ -16,6 +16,7 @@ __all__ = [
     "JobFailed",
     "JobNotFound",
     "LedgerError",
+    "NotFound",
     "PermissionDenied",
     "UnknownKind",
     "VersionConflict",
@@ -62,7 +63,11 @@ class VersionConflict(LedgerError):
     """The job changed since it was read (SQLSTATE LG002)."""
 
 
-class JobNotFound(LedgerError):
+class NotFound(LedgerError):
+    """Nothing has that name or id: a schedule, a limit (SQLSTATE LG006), or a job (JobNotFound)."""
+
+
+class JobNotFound(NotFound):
     """No job has that id (SQLSTATE LG003)."""
 
 
@@ -86,6 +91,7 @@ _BY_SQLSTATE: dict[str, type[LedgerError]] = {
     "LG003": JobNotFound,
     "LG004": InvalidArguments,
     "LG005": IllegalTransition,
+    "LG006": NotFound,
     "23505": VersionConflict,  # unique (job_id, version): a racing writer appended first
     "42501": PermissionDenied,
 }

@@ -11,6 +11,7 @@ the registry.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
+from . import cron as cronspec
 from . import defaults
 from .errors import InvalidArguments, UnknownKind
 from .models import Job, Limit, Unique
@@ -28,6 +30,7 @@ __all__ = [
     "HEARTBEAT",
     "PRUNE",
     "RESCUE",
+    "SCHEDULE_NAME",
     "Handler",
     "JobCancel",
     "JobContext",
@@ -39,12 +42,16 @@ __all__ = [
     "Periodic",
     "PruneArgs",
     "Registry",
+    "Schedule",
     "Unique",
     "builtin_registry",
     "default_registry",
     "error_fields",
     "format_validation_error",
 ]
+
+SCHEDULE_NAME = r"[A-Za-z0-9_.:-]{1,100}"
+"""A schedule's name: what `ledger schedules pause NAME` and the URLs of the API take as they are."""
 
 HEARTBEAT = "heartbeat"
 RESCUE = "ledger.rescue"
@@ -152,6 +159,23 @@ class Periodic:
     args: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """A job enqueued at each slot of a cron expression, read as wall-clock time in `timezone`,
+    once per slot across all workers (ledger/cron.py says what a slot is across DST changes;
+    ledger.schedule_fire admits one enqueue per slot). `missed`: what becomes of slots that passed
+    while no worker ran — `skip` them (the latest still runs when at most `grace` late) or run
+    `once` for all of them."""
+
+    name: str
+    kind: str
+    cron: str
+    timezone: str
+    args: dict[str, Any] = field(default_factory=dict)
+    missed: cronspec.Missed = "skip"
+    grace: timedelta = timedelta(minutes=1)
+
+
 ErrorHook = Callable[[Job, BaseException, bool], Any]
 """Called after every failed attempt with (job, error, will_retry)."""
 
@@ -198,6 +222,7 @@ class Registry:
     periodic_jobs: dict[str, Periodic] = field(default_factory=dict)
     error_hooks: list[ErrorHook] = field(default_factory=list)
     queue_limits: dict[str, Limit] = field(default_factory=dict)
+    schedules: dict[str, Schedule] = field(default_factory=dict)
     autoload: bool = False
     """On a kind it does not know, import the configured application module once
     (ledger/apps.py: LEDGER_APP or [tool.ledger] app) and look again. The
@@ -248,6 +273,34 @@ class Registry:
         if every < timedelta(seconds=1):
             raise ValueError("a periodic job needs a period of at least one second")
         self.periodic_jobs[name or kind] = Periodic(name or kind, kind, every, self.validate_args(kind, args))
+
+    def schedule(
+        self,
+        name: str,
+        kind: str,
+        *,
+        cron: str,
+        timezone: str = "UTC",
+        missed: cronspec.Missed = "skip",
+        args: dict[str, Any] | BaseModel | None = None,
+        grace: timedelta = timedelta(minutes=1),
+    ) -> Schedule:
+        """Enqueue `kind` at each slot of `cron` (5 fields, or 6 with seconds first) in `timezone`,
+        once per slot however many workers run. Re-registering a name replaces it.
+
+        `registry.schedule("nightly", "report", cron="0 3 * * *", timezone="Europe/Paris")`
+        """
+        self.get(kind)
+        if not isinstance(name, str) or not re.fullmatch(SCHEDULE_NAME, name):
+            raise InvalidArguments(f"name {name!r}: must be 1-100 letters, digits, or _ . : -", ["name"])
+        if missed not in ("skip", "once"):
+            raise InvalidArguments(f"missed {missed!r}: must be 'skip' or 'once'", ["missed"])
+        if grace < timedelta(0):
+            raise InvalidArguments("grace: must not be negative", ["grace"])
+        cronspec.check(cron, timezone)
+        schedule = Schedule(name, kind, cron, timezone, self.validate_args(kind, args), missed, grace)
+        self.schedules[name] = schedule
+        return schedule
 
     def on_error(self, hook: ErrorHook) -> ErrorHook:
         """Decorator: `hook(job, error, will_retry)` runs after every failed attempt (alerting, say)."""
@@ -310,6 +363,7 @@ class Registry:
             {**self.periodic_jobs, **{p.name: p for p in periodic}},
             self.error_hooks,
             self.queue_limits,
+            self.schedules,
         )
 
 

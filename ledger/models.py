@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, NotRequired
 
 from pydantic import (
@@ -17,6 +17,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 from typing_extensions import TypedDict
@@ -24,10 +25,12 @@ from typing_extensions import TypedDict
 from .states import EventType, JobState
 
 __all__ = [
+    "BulkResult",
     "DiscardedJob",
     "Event",
     "Job",
     "JobCount",
+    "JobFilter",
     "JobId",
     "JobRequest",
     "Limit",
@@ -35,6 +38,9 @@ __all__ = [
     "Partition",
     "QueueState",
     "QueueWait",
+    "ScheduleEvent",
+    "ScheduleRow",
+    "ThroughputRow",
     "Unique",
     "job_rows",
 ]
@@ -336,3 +342,120 @@ def job_rows(cursor: Any) -> Callable[[Sequence[Any]], Job]:
         return job
 
     return make
+
+
+# ---- schedules
+
+
+class ScheduleRow(BaseModel):
+    """A declared cron schedule (ledger.schedules): its definition, when it runs next, whether paused."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    cron: str
+    timezone: str
+    kind: str
+    args: dict[str, Any]
+    queue: str
+    priority: int
+    max_attempts: int
+    missed: str
+    grace: timedelta
+    next_run_at: datetime
+    """The next slot; just after a declaration or a resume, the time slots count from (until a worker
+    writes the slot)."""
+    last_slot: datetime | None
+    last_job_id: int | None
+    declared_at: datetime
+    paused: bool
+    changed_at: datetime | None
+    changed_by: str | None
+    reason: str | None
+
+
+class ScheduleEvent(BaseModel):
+    """One row of ledger.schedule_events: a definition declared, a pause, a resume, slots missed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    position: int
+    schedule: str
+    type: str
+    at: datetime
+    by: str | None
+    reason: str | None
+    data: dict[str, Any]
+
+
+# ---- bulk actions
+
+FilterText = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL)]
+
+
+class JobFilter(BaseModel):
+    """Which jobs an operator means (ledger._job_matches): a kind, a queue, ended (or, unfinished,
+    enqueued) since a time, a last error containing `error_like`, args or last error containing
+    `search` (case blind, plain text). Unset matches anything."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: FilterText | None = None
+    queue: FilterText | None = None
+    since: Annotated[
+        datetime | None, BeforeValidator(_time_not_number), Field(json_schema_extra={"pattern": RUN_AT})
+    ] = None
+    error_like: FilterText | None = None
+    search: FilterText | None = None
+
+    @field_validator("since")
+    @classmethod
+    def _utc(cls, since: datetime | None) -> datetime | None:
+        # In UTC: PostgreSQL refuses offsets past +-15:59 that RFC 3339 allows.
+        if since is None:
+            return None
+        if since.tzinfo is None:
+            raise ValueError("must carry a time zone (e.g. 2026-01-01T09:00:00+00:00)")
+        try:
+            return since.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("is before the first date there is") from None
+
+    @property
+    def empty(self) -> bool:
+        return all(v is None for v in self.params().values())
+
+    def params(self) -> dict[str, Any]:
+        return {"kind": self.kind, "queue": self.queue, "since": self.since, "error_like": self.error_like,
+                "search": self.search}  # fmt: skip
+
+
+class BulkResult(BaseModel):
+    """What a bulk replay or cancel did (or, dry_run, would do): one batch id for the whole act; the
+    jobs acted on; the ones refused and the ones that changed meanwhile, each with why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch: str
+    action: str
+    dry_run: bool
+    done: list[int]
+    refused: list[dict[str, Any]]
+    """[{"id": ..., "reason": ...}]: jobs that matched and could not be acted on."""
+    changed: list[dict[str, Any]]
+    """[{"id": ..., "reason": ...}]: jobs that matched when the act began and no longer did once locked."""
+
+
+# ---- throughput
+
+
+class ThroughputRow(BaseModel):
+    """Outcomes of one kind in one minute (ledger.throughput, folded from the events)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    minute: datetime
+    kind: str
+    succeeded: int
+    failed: int
+    discarded: int

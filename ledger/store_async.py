@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,16 +38,21 @@ from psycopg.types.json import Jsonb
 from .defaults import LEASE
 from .errors import refusals
 from .models import (
+    BulkResult,
     DiscardedJob,
     Event,
     Job,
     JobCount,
+    JobFilter,
     JobId,
     Limit,
     LimitRow,
     Partition,
     QueueState,
     QueueWait,
+    ScheduleEvent,
+    ScheduleRow,
+    ThroughputRow,
     job_rows,
 )
 from .queries import query
@@ -110,10 +116,19 @@ class AsyncStore:
         return [Event.model_validate(r) for r in await self._rows("events_for_job", {"id": job_id})]
 
     async def discarded(
-        self, *, kind: str | None = None, queue: str | None = None, limit: int = 50
+        self,
+        *,
+        kind: str | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+        since: datetime | None = None,
+        error_like: str | None = None,
+        search: str | None = None,
     ) -> list[DiscardedJob]:
-        rows = await self._rows("discarded_list", {"kind": kind, "queue": queue, "limit": limit})
-        return [DiscardedJob.model_validate(r) for r in rows]
+        """Dead letters newest first, filtered (see JobFilter: `search` looks in args and errors)."""
+        params = {"kind": kind, "queue": queue, "limit": limit, "since": since, "error_like": error_like,
+                  "search": search}  # fmt: skip
+        return [DiscardedJob.model_validate(r) for r in await self._rows("discarded_list", params)]
 
     async def jobs(
         self,
@@ -123,9 +138,15 @@ class AsyncStore:
         queue: str | None = None,
         before: int | None = None,
         limit: int = 50,
+        since: datetime | None = None,
+        error_like: str | None = None,
+        search: str | None = None,
     ) -> list[Job]:
-        """Jobs newest first, filtered; pass the last id of a page as `before` for the next."""
-        params = {"state": state, "kind": kind, "queue": queue, "before": before, "limit": limit}
+        """Jobs newest first, filtered (see JobFilter); pass the last id of a page as `before` for the next."""
+        params = {
+            "state": state, "kind": kind, "queue": queue, "before": before, "limit": limit, "since": since,
+            "error_like": error_like, "search": search,
+        }  # fmt: skip
         return [Job.model_validate(r) for r in await self._rows("jobs_list", params)]
 
     async def job_counts(self) -> list[JobCount]:
@@ -552,3 +573,135 @@ class AsyncStore:
     async def server_connections_other(self) -> DictRow:
         """`sessions` other than this one on the whole server, and the `databases` they use."""
         return await self._one("server_connections_other")
+
+    # ---- schedules
+    # Cron schedules (ledger/cron.py computes the slots; the database admits one enqueue per slot).
+
+    async def schedule_declare(
+        self,
+        name: str,
+        cron: str,
+        timezone: str,
+        kind: str,
+        args: dict[str, Any],
+        *,
+        queue: str,
+        priority: int,
+        max_attempts: int,
+        missed: str,
+        grace: timedelta,
+    ) -> ScheduleRow:
+        """Declare (or change) schedule `name` (ledger.schedule_declare): what a worker does at start."""
+        params = {
+            "name": name, "cron": cron, "timezone": timezone, "kind": kind, "args": Jsonb(args), "queue": queue,
+            "priority": priority, "max_attempts": max_attempts, "missed": missed, "grace": grace,
+        }  # fmt: skip
+        return ScheduleRow.model_validate(await self._one("schedule_declare", params))
+
+    async def schedule_fire(
+        self,
+        name: str,
+        cron: str,
+        timezone: str,
+        *,
+        expected: datetime,
+        following: datetime | None,
+        slot: datetime | None,
+        missed: int = 0,
+        first_missed: datetime | None = None,
+        last_missed: datetime | None = None,
+    ) -> tuple[bool, int | None]:
+        """The compare-and-set of one slot (ledger.schedule_fire): (taken, job id). taken is False when
+        another worker moved the schedule on first (or it is paused, or declared differently)."""
+        params = {
+            "name": name, "cron": cron, "timezone": timezone, "expected": expected, "following": following,
+            "slot": slot, "missed": missed, "first_missed": first_missed, "last_missed": last_missed,
+        }  # fmt: skip
+        row = await self._one("schedule_fire", params)
+        return bool(row["taken"]), row["job_id"]
+
+    async def schedule_set_paused(
+        self, name: str, paused: bool, *, actor: str | None = None, reason: str | None = None
+    ) -> ScheduleRow:
+        """Pause or resume schedule `name` for the whole fleet, recorded with who and why."""
+        params = {"name": name, "paused": paused, "actor": actor, "reason": reason}
+        return ScheduleRow.model_validate(await self._one("schedule_set_paused", params))
+
+    async def schedules(self) -> tuple[list[ScheduleRow], datetime]:
+        """Every declared schedule, and the database's clock they are due against."""
+        rows = await self._rows("schedules_list")
+        now: datetime = rows[0]["now"] if rows else await self.db_now_minus(timedelta(0))
+        return [ScheduleRow.model_validate(r) for r in rows], now
+
+    async def schedule_events(self, name: str | None = None, *, limit: int = 50) -> list[ScheduleEvent]:
+        """What happened to the schedules (or to one), newest first."""
+        rows = await self._rows("schedule_events_list", {"name": name, "limit": limit})
+        return [ScheduleEvent.model_validate(r) for r in rows]
+
+    # ---- bulk actions
+    # Replay or cancel every job matching a filter, in chunks of short transactions under one batch id.
+
+    async def jobs_bulk(
+        self,
+        action: str,
+        match: JobFilter,
+        *,
+        reason: str,
+        actor: str | None = None,
+        via: str | None = None,
+        dry_run: bool = False,
+        batch: uuid.UUID | None = None,
+        chunk: int = 1000,
+    ) -> BulkResult:
+        """`replay` every dead letter, or `cancel` every unfinished job, that `match`es, up to the
+        newest job when the act starts (ledger.jobs_replay_bulk, jobs_cancel_bulk).
+
+        One statement per chunk of `chunk` jobs in id order: with an autocommit connection each is
+        its own short transaction, and the events of all of them carry the one batch id.
+        """
+        if action not in ("replay", "cancel"):
+            raise ValueError(f"action {action!r}: replay or cancel")
+        batch = batch or uuid.uuid4()
+        upto: int = (await self._one("jobs_last_id"))["id"]
+        params = {
+            **match.params(), "batch": batch, "actor": actor, "via": via, "reason": reason, "upto_id": upto,
+            "max_jobs": chunk, "dry_run": dry_run,
+        }  # fmt: skip
+        after, done, refused, changed = 0, [], [], []
+        while True:
+            rows = await self._rows(f"jobs_{action}_bulk", {**params, "after_id": after})
+            for r in rows:
+                if r["outcome"] in ("refused", "would refuse"):
+                    refused.append({"id": r["job_id"], "reason": r["detail"]})
+                elif r["outcome"] == "changed":
+                    changed.append({"id": r["job_id"], "reason": r["detail"]})
+                else:
+                    done.append(r["job_id"])
+            if len(rows) < chunk:
+                break
+            after = max(r["job_id"] for r in rows)
+        return BulkResult(batch=str(batch), action=action, dry_run=dry_run, done=sorted(done), refused=refused,
+                          changed=changed)  # fmt: skip
+
+    async def discarded_count(self, match: JobFilter) -> int:
+        """How many dead letters match (what a bulk replay with this filter would take)."""
+        n: int = (await self._one("discarded_count", match.params()))["n"]
+        return n
+
+    async def bulk_action(self, batch: str) -> DictRow | None:
+        """The record of bulk act `batch`: its filter, who, via, why."""
+        rows = await self._rows("bulk_action_get", {"batch": batch})
+        return rows[0] if rows else None
+
+    # ---- throughput
+    # The dashboard's chart: outcomes per minute and kind, folded from the events after a cursor.
+
+    async def throughput_refresh(self, *, settle: timedelta = timedelta(seconds=2), max_events: int = 1_000_000) -> int:
+        """Fold the outcome events since the last refresh (ledger.throughput_refresh); how many were read."""
+        events: int = (await self._one("throughput_refresh", {"settle": settle, "max_events": max_events}))["events"]
+        return events
+
+    async def throughput(self, since: datetime, kind: str | None = None) -> list[ThroughputRow]:
+        """Outcomes per minute and kind from `since` on (after throughput_refresh)."""
+        rows = await self._rows("throughput_since", {"since": since, "kind": kind})
+        return [ThroughputRow.model_validate(r) for r in rows]

@@ -281,3 +281,30 @@ def test_verify_is_clean_on_an_untouched_ledger_whatever_happened_to_it(store: S
         store.replay(i, actor="op", reason="again")
     assert store.events_verify() == []
     assert store.projections_diff() == []
+
+
+def test_the_operators_functions_run_as_the_app_role_and_only_read_as_the_read_only_one(roles: Roles) -> None:
+    from ledger.models import JobFilter
+
+    with connect(roles.url_app) as app:
+        s = Store(app)
+        ids = s.enqueue_many([("k", {"customer": "c1"}, "q", 5, 1, None)] * 3)
+        s.claim("q", 3, "w")
+        for job_id in ids:
+            s.fail(job_id, "boom")
+        row = s.schedule_declare("nightly", "0 3 * * *", "UTC", "k", {}, queue="q", priority=5, max_attempts=1,
+                                 missed="skip", grace=timedelta(minutes=1))  # fmt: skip
+        assert s.schedule_fire("nightly", "0 3 * * *", "UTC", expected=row.next_run_at,
+                               following=row.next_run_at + timedelta(days=1), slot=None) == (True, None)  # fmt: skip
+        assert s.schedule_set_paused("nightly", True, reason="audit").changed_by == roles.app
+        assert s.jobs_bulk("replay", JobFilter(search="c1"), reason="fixed").done == ids
+        assert s.throughput_refresh(settle=timedelta(0)) > 0 and s.jobs(search="c1")
+        assert s.projections_diff() == [] and s.events_verify() == []
+    with connect(roles.url_readonly) as ro:
+        s = Store(ro)
+        assert [r.name for r in s.schedules()[0]] == ["nightly"] and s.schedule_events("nightly")
+        assert s.throughput_refresh() >= 0 and s.discarded_count(JobFilter(kind="k")) == 0
+        with pytest.raises(PermissionDenied):
+            s.schedule_set_paused("nightly", False)
+        with pytest.raises(PermissionDenied):
+            s.jobs_bulk("cancel", JobFilter(kind="k"), reason="no")

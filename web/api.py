@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from datetime import UTC, datetime
 from typing import Any
 
 import falcon
@@ -9,6 +11,7 @@ from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ledger.client import Client
+from ledger.durations import parse_duration
 from ledger.errors import InvalidArguments
 from ledger.jsoncheck import check_json
 from ledger.kinds import Registry, error_fields, format_validation_error
@@ -25,7 +28,9 @@ __all__ = [
     "JobsResource",
     "action_body",
     "list_params",
+    "parse_time",
     "text_param",
+    "time_param",
 ]
 
 MAX_PAGE = 500
@@ -53,8 +58,32 @@ def text_param(req: falcon.Request, name: str) -> str | None:
     return value
 
 
-def list_params(req: falcon.Request) -> dict[str, Any]:
-    """Validated filters of a job listing (shared by the API and the dashboard)."""
+def parse_time(raw: str | None, name: str, *, durations: bool = False) -> datetime | None:
+    """An ISO 8601 time with a zone (in UTC after); with `durations`, also `30m`, `2h`, `1d`: that long ago."""
+    if not raw:
+        return None
+    if durations:
+        with contextlib.suppress(InvalidArguments):
+            return datetime.now(UTC) - parse_duration(raw, name)
+    try:
+        when = datetime.fromisoformat(raw.strip())
+        if when.tzinfo is None:
+            raise ValueError
+        return when.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArguments(
+            f"{name} {raw[:100]!r}: must be an ISO 8601 time with a zone, e.g. 2026-01-01T09:00:00+00:00", [name]
+        ) from None
+
+
+def time_param(req: falcon.Request, name: str, *, durations: bool = False) -> datetime | None:
+    """Query parameter `name` read by parse_time."""
+    return parse_time(text_param(req, name), name, durations=durations)
+
+
+def list_params(req: falcon.Request, *, durations: bool = False) -> dict[str, Any]:
+    """Validated filters of a job listing (shared by the API and the dashboard): `search` looks in the
+    args and the last error, `error_like` in the last error; `since`: ended (or, unfinished, enqueued) since."""
     state = req.get_param("state") or None
     if state is not None and state not in JobState.__members__.values():
         raise InvalidArguments(f"state {state!r}: must be one of {', '.join(JobState)}", ["state"])
@@ -62,6 +91,9 @@ def list_params(req: falcon.Request) -> dict[str, Any]:
         "state": state,
         "kind": text_param(req, "kind"),
         "queue": text_param(req, "queue"),
+        "since": time_param(req, "since", durations=durations),
+        "error_like": text_param(req, "error_like"),
+        "search": text_param(req, "search"),
         "before": _int_param(req, "before", None, 1, 2**63 - 1),
         "limit": _int_param(req, "limit", 50, 1, MAX_PAGE),
     }
@@ -100,12 +132,13 @@ class JobsResource(_Base):
         }
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """201 and the new job's id; 200 and the existing job's id when a `unique` rule matched it."""
         body = _body(req)
         with store(self.pool) as s:
             [job_id] = Client(registry=self.registry).enqueue_many([body], conn=s.conn, metadata={"via": "api"})
-        resp.status = falcon.HTTP_201
+        resp.status = falcon.HTTP_200 if job_id.duplicate else falcon.HTTP_201
         resp.location = f"/api/jobs/{job_id}"
-        resp.media = {"id": job_id}
+        resp.media = {"id": int(job_id), "duplicate": job_id.duplicate}
 
 
 class JobResource(_Base):

@@ -21,6 +21,16 @@ from .api import JOB_ID, CountsResource, JobActionResource, JobResource, JobsRes
 from .auth import Access
 from .dashboard import Dashboard
 from .openapi import document
+from .operators import (
+    BulkResource,
+    LimitResource,
+    LimitsResource,
+    QueueActionResource,
+    QueuesResource,
+    ScheduleActionResource,
+    SchedulesResource,
+    ThroughputResource,
+)
 from .ops import EnqueueTestResource, HealthResource, MetricsResource
 from .security import BodyLimit, SameOrigin, SecurityHeaders
 from .sessions import Sessions
@@ -106,6 +116,18 @@ def create_app(
     app.add_route(f"/api/jobs/{JOB_ID}/replay", JobActionResource(pool, registry, "replay"))
     app.add_route(f"/api/jobs/{JOB_ID}/cancel", JobActionResource(pool, registry, "cancel"))
     app.add_route("/api/counts", CountsResource(pool, registry))
+    # Operators (web/operators.py): bulk acts, queues, limits, schedules, throughput.
+    app.add_route("/api/jobs/replay", BulkResource(pool, registry, "replay"))
+    app.add_route("/api/jobs/cancel", BulkResource(pool, registry, "cancel"))
+    app.add_route("/api/queues", QueuesResource(pool, registry))
+    app.add_route("/api/queues/{queue}/pause", QueueActionResource(pool, registry, True))
+    app.add_route("/api/queues/{queue}/resume", QueueActionResource(pool, registry, False))
+    app.add_route("/api/limits", LimitsResource(pool, registry))
+    app.add_route("/api/limits/{scope}", LimitResource(pool, registry))
+    app.add_route("/api/schedules", SchedulesResource(pool, registry))
+    app.add_route("/api/schedules/{name}/pause", ScheduleActionResource(pool, registry, True))
+    app.add_route("/api/schedules/{name}/resume", ScheduleActionResource(pool, registry, False))
+    app.add_route("/api/throughput", ThroughputResource(pool, registry))
     Dashboard(pool).install(app)
     app.add_route("/login", Login(web.api_token, sessions, throttle))
     app.add_route("/logout", Logout(sessions))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -10,10 +11,13 @@ import falcon
 from psycopg_pool import ConnectionPool
 
 from ledger.errors import LedgerError
+from ledger.models import JobFilter
 from ledger.states import JobState
 
-from .api import JOB_ID, action_body, list_params, text_param
+from .api import JOB_ID, action_body, list_params
 from .forms import local_path, read_form
+from .operator_pages import install as install_operator_pages
+from .operator_pages import throughput_charts
 from .pages import Page
 from .stores import store
 from .timeline import timeline
@@ -31,37 +35,52 @@ class Overview(_Page):
         with store(self.pool) as s:
             counts = s.job_counts()
             recent_failed = s.discarded(limit=5)
+            activity = throughput_charts(s, timedelta(hours=1), per_kind=0)
         table: dict[str, dict[str, int]] = defaultdict(dict)
         for c in counts:
             table[c.queue][c.state.value] = c.count
         self.render(req, resp, "overview.html", table=dict(sorted(table.items())), states=list(JobState),
-                    recent_failed=recent_failed)  # fmt: skip
+                    recent_failed=recent_failed, chart=activity[0])  # fmt: skip
+
+
+FILTERS = ("state", "kind", "queue", "since", "error_like", "search")
+"""The filters of the jobs and failed pages, as their forms send them (`since` also 1h, 1d: that long ago)."""
+
+
+def _raw_filters(req: falcon.Request) -> dict[str, str]:
+    return {k: v for k in FILTERS if (v := req.get_param(k))}
 
 
 class Jobs(_Page):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
-            params = list_params(req)
+            params = list_params(req, durations=True)
         except LedgerError as exc:
             raise falcon.HTTPSeeOther("/jobs?" + urlencode({"error": str(exc)})) from None
         with store(self.pool) as s:
             jobs = s.jobs(**params)
         older = None
         if len(jobs) == params["limit"]:
-            keep = {k: v for k, v in params.items() if v is not None and k != "before"}
-            older = "/jobs?" + urlencode({**keep, "before": jobs[-1].id})
-        self.render(req, resp, "jobs.html", jobs=jobs, f=params, states=list(JobState), older=older)
+            older = "/jobs?" + urlencode({**_raw_filters(req), "before": jobs[-1].id})
+        self.render(req, resp, "jobs.html", jobs=jobs, f=_raw_filters(req), states=list(JobState), older=older)
 
 
 class Failed(_Page):
+    """Dead letters, filtered and searched; with a filter, a form to replay all that match at once."""
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
-            kind, queue = text_param(req, "kind"), text_param(req, "queue")
+            params = list_params(req, durations=True)
+            match = JobFilter(**{k: params[k] for k in ("kind", "queue", "since", "error_like", "search")})
         except LedgerError as exc:
             raise falcon.HTTPSeeOther("/failed?" + urlencode({"error": str(exc)})) from None
         with store(self.pool) as s:
-            rows = s.discarded(kind=kind, queue=queue, limit=200)
-        self.render(req, resp, "failed.html", rows=rows, f={"kind": kind, "queue": queue})
+            rows = s.discarded(**match.params(), limit=200)
+            matching = None if match.empty else s.discarded_count(match)
+        filters = _raw_filters(req)
+        filters.pop("state", None)
+        self.render(req, resp, "failed.html", rows=rows, f=filters, matching=matching,
+                    here="/failed?" + urlencode(filters) if filters else "/failed")  # fmt: skip
 
 
 class JobPage(_Page):
@@ -115,3 +134,4 @@ class Dashboard:
         app.add_route(f"/jobs/{JOB_ID}", JobPage(self.pool))
         app.add_route(f"/jobs/{JOB_ID}/replay", JobAction(self.pool, "replay"))
         app.add_route(f"/jobs/{JOB_ID}/cancel", JobAction(self.pool, "cancel"))
+        install_operator_pages(app, self.pool)

@@ -13,6 +13,7 @@ from ledger.errors import (
     InvalidArguments,
     JobNotFound,
     LedgerError,
+    NotFound,
     PermissionDenied,
     UnknownKind,
     VersionConflict,
@@ -26,6 +27,7 @@ _STATUS: list[tuple[type[LedgerError], str, str]] = [
     (IllegalTransition, falcon.HTTP_409, "illegal transition"),
     (VersionConflict, falcon.HTTP_409, "version conflict"),
     (JobNotFound, falcon.HTTP_404, "job not found"),
+    (NotFound, falcon.HTTP_404, "not found"),
     (DatabaseUnavailable, falcon.HTTP_503, "database unavailable"),
     # The app's database role may not do this (a dashboard served by the read-only role, say).
     (PermissionDenied, falcon.HTTP_403, "not allowed to this database role"),

@@ -13,11 +13,12 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
-from ledger.kinds import Registry
-from ledger.models import Event, Job, JobCount, JobRequest
+from ledger.kinds import SCHEDULE_NAME, Registry
+from ledger.models import QUEUE_PATTERN, RUN_AT, BulkResult, Event, Job, JobCount, JobRequest, QueueState, ThroughputRow
 from ledger.states import JobState
 
 from .api import ActionBody
+from .operators import FILTER_FIELDS, SCOPE_PATTERN, BulkBody, LimitBody, LimitView, QueueView, ScheduleView
 
 __all__ = ["document"]
 
@@ -38,8 +39,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "malformed request (bad JSON, not an object)",
         401: "API token missing, wrong, or not sent as `Authorization: Bearer` (when the server has one)",
         403: "a browser request from a page of another origin (`Origin`, `Sec-Fetch-Site`)",
-        404: "no such job",
-        409: "the job's state does not allow this",
+        404: "no such job (or schedule, or limit)",
+        409: "the job's (or queue's, schedule's) state does not allow this",
         413: "body too large",
         415: "body is not JSON",
         422: "a field is invalid; `fields` names it",
@@ -53,6 +54,63 @@ STATE = {"type": "string", "enum": [s.value for s in JobState]}
 BIGINT = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 TEXT_FILTER = {"type": "string", "maxLength": 200, "pattern": "^[^\\u0000]*$"}
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": BIGINT}
+# Blank means any time (what a dashboard form sends), as for the other filters.
+TIME_FILTER = {"anyOf": [{"type": "string", "maxLength": 0},
+                         {"type": "string", "format": "date-time", "pattern": RUN_AT}]}  # fmt: skip
+QUEUE = {"name": "queue", "in": "path", "required": True, "schema": {"type": "string", "pattern": QUEUE_PATTERN}}
+SCHEDULE = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": f"^{SCHEDULE_NAME}$"},
+}
+SCOPE = {"name": "scope", "in": "path", "required": True, "schema": {"type": "string", "pattern": SCOPE_PATTERN}}
+# What a write with a body may answer besides its success.
+WRITE_ERRORS = (400, 401, 403, 404, 413, 415, 422, 429, 503)
+
+
+def _request(model: type[BaseModel], defs: dict[str, Any]) -> dict[str, Any]:
+    """A request body's schema: the model's validation schema, its $defs moved into `defs`."""
+    schema = model.model_json_schema(mode="validation", ref_template=REF)
+    defs.update(schema.pop("$defs", {}))
+    return schema
+
+
+def _bulk_body(defs: dict[str, Any]) -> dict[str, Any]:
+    """BulkBody, saying what its validator says too: at least one filter that is not null."""
+    schema = _request(BulkBody, defs)
+    schema["anyOf"] = [{"required": [f], "properties": {f: {"not": {"type": "null"}}}} for f in FILTER_FIELDS]
+    return schema
+
+
+def _limit_body(defs: dict[str, Any]) -> dict[str, Any]:
+    """LimitBody, saying what the resource checks: a rate with its period, or a concurrency alone."""
+    schema = _request(LimitBody, defs)
+    schema["anyOf"] = [
+        {"required": ["rate", "per"], "properties": {"rate": {"type": "integer"}, "per": {"type": "number"}}},
+        {
+            "required": ["concurrency"],
+            "properties": {"concurrency": {"type": "integer"}, "rate": {"type": "null"}, "per": {"type": "null"}},
+        },
+    ]
+    return schema
+
+
+def _ok(description: str, name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return _resp(description, {"type": "object", "required": [name], "properties": {name: schema}})
+
+
+def _post(
+    summary: str, params: list[dict[str, Any]], body: dict[str, Any], ok: dict[str, Any], *errors: int
+) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "parameters": params,
+            "requestBody": body,
+            "responses": {"200": ok, **_errors(*errors)},
+        }
+    }
 
 
 def _schema(model: type[BaseModel], defs: dict[str, Any]) -> dict[str, Any]:
@@ -92,6 +150,27 @@ def document(registry: Registry) -> dict[str, Any]:
         "Event": _schema(Event, defs),
         "JobCount": _schema(JobCount, defs),
         "ActionBody": _schema(ActionBody, defs),
+        "BulkBody": _bulk_body(defs),
+        "BulkResult": _schema(BulkResult, defs),
+        "QueueView": _schema(QueueView, defs),
+        "QueueState": _schema(QueueState, defs),
+        "LimitBody": _limit_body(defs),
+        "LimitView": _schema(LimitView, defs),
+        "ScheduleView": _schema(ScheduleView, defs),
+        "ThroughputRow": _schema(ThroughputRow, defs),
+    }
+    ref = {name: {"$ref": REF.format(model=name)} for name in schemas}
+    bulk_result = {
+        "allOf": [
+            ref["BulkResult"],
+            {"type": "object", "required": ["count"], "properties": {"count": {"type": "integer"}}},
+        ]
+    }
+    bulk_body = {"required": True, "content": {"application/json": {"schema": ref["BulkBody"]}}}
+    enqueued = {
+        "type": "object",
+        "required": ["id", "duplicate"],
+        "properties": {"id": {"type": "integer"}, "duplicate": {"type": "boolean"}},
     }
     action = {"$ref": REF.format(model="ActionBody")}
     reason_body = {"required": False, "content": {"application/json": {"schema": action}}}
@@ -127,6 +206,12 @@ def document(registry: Registry) -> dict[str, Any]:
                         {"name": "state", "in": "query", "schema": {**STATE, "enum": ["", *STATE["enum"]]}},
                         {"name": "kind", "in": "query", "schema": TEXT_FILTER},
                         {"name": "queue", "in": "query", "schema": TEXT_FILTER},
+                        {"name": "since", "in": "query", "schema": TIME_FILTER,
+                         "description": "ended (or, unfinished, enqueued) at or after this time"},
+                        {"name": "error_like", "in": "query", "schema": TEXT_FILTER,
+                         "description": "the last error contains this text (case blind, no wildcards)"},
+                        {"name": "search", "in": "query", "schema": TEXT_FILTER,
+                         "description": "the args or the last error contain this text (a customer id, say)"},
                         {"name": "before", "in": "query", "schema": BIGINT},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                     ],
@@ -144,8 +229,9 @@ def document(registry: Registry) -> dict[str, Any]:
                     "requestBody": {"required": True, "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/JobRequest"}}}},
                     "responses": {
-                        "201": _resp("enqueued", {"type": "object", "required": ["id"],
-                                                  "properties": {"id": {"type": "integer"}}}),
+                        "201": _resp("enqueued: the new job's id (duplicate false)", enqueued),
+                        "200": _resp("not enqueued: the request's `unique` rule (or its kind's) matched an existing "
+                                     "job, whose id this is (duplicate true)", enqueued),
                         **_errors(400, 401, 403, 413, 415, 422, 429, 503),
                     },
                 },
@@ -170,6 +256,58 @@ def document(registry: Registry) -> dict[str, Any]:
                 "parameters": [JOB_ID], "requestBody": reason_body,
                 "responses": {"200": _resp("cancelled", {"type": "object", "properties": {"job": job_ref}}),
                               **_errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
+            }},
+            "/api/jobs/replay": _post(
+                "Replay every dead letter that matches the filter, as one act (one batch id in every event)",
+                [], bulk_body, _resp("what was replayed, refused (with why) or changed meanwhile", bulk_result),
+                *WRITE_ERRORS),
+            "/api/jobs/cancel": _post(
+                "Cancel every unfinished job (running ones too) that matches the filter, as one act",
+                [], bulk_body, _resp("what was cancelled, refused (with why) or changed meanwhile", bulk_result),
+                *WRITE_ERRORS),
+            "/api/queues": {"get": {"summary": "Every queue: its jobs, backlog, pause (who, when, why) and limit",
+                                    "responses": {"200": _ok("the queues", "queues",
+                                                             {"type": "array", "items": ref["QueueView"]}),
+                                                  **_errors(401, 429, 503)}}},
+            "/api/queues/{queue}/pause": _post(
+                "Pause a queue for every worker (running jobs finish; enqueueing goes on)", [QUEUE], reason_body,
+                _ok("paused", "queue", ref["QueueState"]), *WRITE_ERRORS),
+            "/api/queues/{queue}/resume": _post(
+                "Resume a paused queue (409 when it is not paused)", [QUEUE], reason_body,
+                _ok("resumed", "queue", ref["QueueState"]), *WRITE_ERRORS, 409),
+            "/api/limits": {"get": {"summary": "Every declared limit", "responses": {
+                "200": _ok("the limits", "limits", {"type": "array", "items": ref["LimitView"]}),
+                **_errors(401, 429, 503)}}},
+            "/api/limits/{scope}": {
+                "put": {"summary": "Declare or change the limit of kind:<kind> or queue:<queue> (applies to jobs "
+                                   "enqueued from then on)", "parameters": [SCOPE],
+                        "requestBody": {"required": True, "content": {"application/json": {
+                            "schema": ref["LimitBody"]}}},
+                        "responses": {"200": _ok("declared", "limit", ref["LimitView"]), **_errors(*WRITE_ERRORS)}},
+                "delete": {"summary": "Remove a scope's limit", "parameters": [SCOPE],
+                           "responses": {"204": _resp("removed"), **_errors(401, 403, 404, 422, 429, 503)}},
+            },
+            "/api/schedules": {"get": {"summary": "Every cron schedule the workers declared, with its next run",
+                                       "responses": {"200": _ok("the schedules", "schedules",
+                                                                {"type": "array", "items": ref["ScheduleView"]}),
+                                                     **_errors(401, 429, 503)}}},
+            "/api/schedules/{name}/pause": _post(
+                "Pause a schedule for every worker: its slots pass without a job", [SCHEDULE], reason_body,
+                _ok("paused", "schedule", {"$ref": REF.format(model="ScheduleRow")}), *WRITE_ERRORS),
+            "/api/schedules/{name}/resume": _post(
+                "Resume a paused schedule; slots count from now (409 when it is not paused)", [SCHEDULE],
+                reason_body, _ok("resumed", "schedule", {"$ref": REF.format(model="ScheduleRow")}),
+                *WRITE_ERRORS, 409),
+            "/api/throughput": {"get": {
+                "summary": "Outcomes per minute and kind over the last hours, folded from the events",
+                "parameters": [
+                    {"name": "hours", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 192}},
+                    {"name": "kind", "in": "query", "schema": TEXT_FILTER},
+                ],
+                "responses": {"200": _resp("minutes", {"type": "object", "required": ["since", "minutes"],
+                                                       "properties": {"since": {"type": "string"}, "minutes": {
+                                                           "type": "array", "items": ref["ThroughputRow"]}}}),
+                              **_errors(401, 422, 429, 503)},
             }},
             "/api/counts": {"get": {"summary": "Jobs by state and queue", "responses": {
                 "200": _resp("counts", {"type": "object", "required": ["counts"], "properties": {

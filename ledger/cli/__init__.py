@@ -1,9 +1,10 @@
 """The `ledger` command line: the typer app, its command groups (one module each) and `main`.
 
 Commands live in modules by group: jobs.py (enqueue, show, jobs, failed,
-replay, cancel, stats, wait), admin.py (migrate, rebuild, prune, db),
-trust.py (verify, roles), flow.py (queue pause/resume, queues, limit, limits).
-A new group
+replay, cancel, stats, wait; bulk.py holds the bulk replay and cancel they
+run when given filters), admin.py (migrate, rebuild, prune, db), trust.py
+(verify, roles), flow.py (queue pause/resume, queues, limit, limits),
+schedules.py (schedules, schedules pause/resume). A new group
 is a new module imported below; `ledger worker` comes from the worker
 package through the `ledger.commands` entry point group.
 """
@@ -19,12 +20,12 @@ import typer
 
 from ..console import fail
 from ..logs import setup_logging
-from . import admin, flow, jobs, trust
+from . import admin, flow, jobs, schedules, trust
 from .base import app
 
 __all__ = ["app", "main"]
 
-_GROUPS = (admin, flow, jobs, trust)  # imported for their commands, which register on `app`
+_GROUPS = (admin, flow, jobs, schedules, trust)  # imported for their commands, which register on `app`
 
 # click's base of usage errors, whichever click this typer uses (typer 0.29 ships its own copy).
 _ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")

@@ -14,9 +14,10 @@ from ..client import Client
 from ..console import fail
 from ..durations import parse_duration
 from ..kinds import default_registry, format_validation_error
-from ..models import ACTIVE_STATES, Event, Job, Unique
+from ..models import ACTIVE_STATES, Event, Job, JobFilter, Unique
 from ..states import JobState
 from .base import APP_OPTION, JOB_ID, app, friendly, operator, store
+from .bulk import FILTER_HELP, bulk, job_filter, optional_job_id
 
 __all__ = ["cancel", "enqueue", "failed", "jobs", "replay", "show", "stats"]
 
@@ -209,13 +210,49 @@ def failed(
         )
 
 
+# Bulk replay and cancel (ledger/cli/bulk.py): the same commands given filters instead of an id.
+_BULK_ID = typer.Argument(None, help="The job id; or none, and filters to act on every match.",
+                          callback=optional_job_id, show_default=False)  # fmt: skip
+_KIND = typer.Option(None, "--kind", help="Bulk: jobs of this kind.")
+_QUEUE = typer.Option(None, "--queue", help="Bulk: jobs of this queue.")
+_SINCE = typer.Option(None, "--since", help="Bulk: ended (or, unfinished, enqueued) since: an ISO time or 2h, 1d.")
+_ERROR = typer.Option(None, "--error-like", help="Bulk: whose last error contains this text (case blind).")
+_SEARCH = typer.Option(None, "--search", help="Bulk: whose args or last error contain this text (a customer id).")
+_DRY = typer.Option(False, "--dry-run", help="Bulk: print what would be done; change nothing.")
+
+
+def _one_or_bulk(job_id: int | None, match: JobFilter, dry_run: bool, action: str) -> bool:
+    """True for a bulk act; usage errors (both, neither, --dry-run with an id) exit 2."""
+    if job_id is not None and not match.empty:
+        fail(f"give a job id or filters ({FILTER_HELP}), not both", 2)
+    if job_id is None and match.empty:
+        fail(f"give a job id, or filters ({FILTER_HELP}) to {action} every matching job", 2)
+    if job_id is not None and dry_run:
+        fail("--dry-run goes with filters, not with a job id", 2)
+    return job_id is None
+
+
 @app.command()
 @friendly
 def replay(
-    job_id: int = JOB_ID,
-    reason: str | None = typer.Option(None, help="Why; recorded in the replay event."),
+    job_id: int | None = _BULK_ID,
+    reason: str | None = typer.Option(None, help="Why; recorded in the replay event(s). Required in bulk."),
+    kind: str | None = _KIND,
+    queue: str | None = _QUEUE,
+    since: str | None = _SINCE,
+    error_like: str | None = _ERROR,
+    search: str | None = _SEARCH,
+    dry_run: bool = _DRY,
 ) -> None:
-    """Put a discarded or cancelled job back to work with a fresh attempt budget."""
+    """Put a discarded or cancelled job back to work with a fresh attempt budget.
+
+    With filters instead of an id: replay every matching discarded job, all under one batch id.
+    """
+    match = job_filter(kind, queue, since, error_like, search)
+    if _one_or_bulk(job_id, match, dry_run, "replay"):
+        bulk("replay", match, reason, dry_run)
+        return
+    assert job_id is not None
     with store() as s:
         job = s.replay(job_id, actor=operator(), reason=reason, metadata={"via": "cli"})
     typer.echo(f"replayed job {job.id}: state={job.state.value} attempt={job.attempt}/{job.max_attempts}")
@@ -224,10 +261,25 @@ def replay(
 @app.command()
 @friendly
 def cancel(
-    job_id: int = JOB_ID,
-    reason: str | None = typer.Option(None, help="Why; recorded in the cancel event."),
+    job_id: int | None = _BULK_ID,
+    reason: str | None = typer.Option(None, help="Why; recorded in the cancel event(s). Required in bulk."),
+    kind: str | None = _KIND,
+    queue: str | None = _QUEUE,
+    since: str | None = _SINCE,
+    error_like: str | None = _ERROR,
+    search: str | None = _SEARCH,
+    dry_run: bool = _DRY,
 ) -> None:
-    """Cancel a job that has not finished."""
+    """Cancel a job that has not finished.
+
+    With filters instead of an id: cancel every matching unfinished job (running ones too), all
+    under one batch id.
+    """
+    match = job_filter(kind, queue, since, error_like, search)
+    if _one_or_bulk(job_id, match, dry_run, "cancel"):
+        bulk("cancel", match, reason, dry_run)
+        return
+    assert job_id is not None
     with store() as s:
         job = s.cancel(job_id, reason, metadata={"via": "cli", "by": operator()})
     typer.echo(f"cancelled job {job.id}")

@@ -16,11 +16,11 @@ SELECT job_id, metadata->'trace' AS trace
 FROM ledger.read_events WHERE job_id = ANY(%(ids)s::bigint[]) AND version = 1 AND metadata ? 'trace';
 
 -- name: discarded_list
-SELECT d.* FROM ledger.read_discarded d
-WHERE (%(kind)s::text IS NULL OR d.kind = %(kind)s)
-  AND (%(queue)s::text IS NULL OR d.queue = %(queue)s)
-ORDER BY d.discarded_at DESC, d.job_id DESC
-LIMIT %(limit)s;
+-- Which dead letters, and in what order, is ledger.discarded_find's (the filter the bulk replay uses too).
+SELECT d.* FROM ledger.discarded_find(%(kind)s, %(queue)s, %(since)s::timestamptz, %(error_like)s, %(search)s,
+                                      %(limit)s) f
+JOIN ledger.read_discarded d ON d.job_id = f.job_id
+ORDER BY d.discarded_at DESC, d.job_id DESC;
 
 -- name: job_enqueue_many
 -- args travel as one JSON array (the client joins the texts it dumped and
@@ -76,14 +76,12 @@ SELECT * FROM ledger.kinds_unserved();
 SELECT ledger.worker_stop(%(worker)s);
 
 -- name: jobs_list
--- Newest first; keyset pagination on id (pass the last id seen as `before`).
-SELECT * FROM ledger.read_jobs
-WHERE (%(state)s::ledger.job_state IS NULL OR state = %(state)s::ledger.job_state)
-  AND (%(kind)s::text IS NULL OR kind = %(kind)s)
-  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
-  AND (%(before)s::bigint IS NULL OR id < %(before)s)
-ORDER BY id DESC
-LIMIT %(limit)s;
+-- Newest first; keyset pagination on id (pass the last id seen as `before`). Which jobs is
+-- ledger.jobs_find's (the filter the bulk actions use too).
+SELECT r.* FROM ledger.jobs_find(%(state)s::ledger.job_state, %(kind)s, %(queue)s, %(since)s::timestamptz,
+                                 %(error_like)s, %(search)s, %(before)s::bigint, %(limit)s) f
+JOIN ledger.read_jobs r ON r.id = f.id
+ORDER BY r.id DESC;
 
 -- name: job_counts
 SELECT * FROM ledger.job_counts();
@@ -241,3 +239,58 @@ SELECT ledger.job_wait_begin(%(id)s);
 
 -- name: job_wait_end
 SELECT ledger.job_wait_end(%(id)s);
+-- ---- schedules (cron schedules: ledger/cron.py, worker/periodic.py, `ledger schedules`)
+
+-- name: schedule_declare
+SELECT * FROM ledger.schedule_declare(%(name)s, %(cron)s, %(timezone)s, %(kind)s, %(args)s, %(queue)s,
+                                      %(priority)s, %(max_attempts)s, %(missed)s, %(grace)s);
+
+-- name: schedule_fire
+SELECT * FROM ledger.schedule_fire(%(name)s, %(cron)s, %(timezone)s, %(expected)s, %(following)s, %(slot)s,
+                                   %(missed)s, %(first_missed)s, %(last_missed)s);
+
+-- name: schedule_set_paused
+SELECT * FROM ledger.schedule_set_paused(%(name)s, %(paused)s, %(actor)s, %(reason)s);
+
+-- name: schedules_list
+-- Every declared schedule, with the database's clock (what "due" is measured against).
+SELECT s.*, now() AS now FROM ledger.read_schedules s ORDER BY s.name;
+
+-- name: schedule_events_list
+SELECT * FROM ledger.read_schedule_events
+WHERE (%(name)s::text IS NULL OR schedule = %(name)s)
+ORDER BY position DESC
+LIMIT %(limit)s;
+
+-- ---- bulk actions (`ledger replay/cancel --kind ...`, POST /api/jobs/replay|cancel, the failed page)
+
+-- name: jobs_replay_bulk
+SELECT * FROM ledger.jobs_replay_bulk(%(batch)s, %(kind)s, %(queue)s, %(since)s::timestamptz, %(error_like)s,
+                                      %(search)s, %(actor)s, %(via)s, %(reason)s, %(after_id)s, %(upto_id)s,
+                                      %(max_jobs)s, %(dry_run)s);
+
+-- name: jobs_cancel_bulk
+SELECT * FROM ledger.jobs_cancel_bulk(%(batch)s, %(kind)s, %(queue)s, %(since)s::timestamptz, %(error_like)s,
+                                      %(search)s, %(actor)s, %(via)s, %(reason)s, %(after_id)s, %(upto_id)s,
+                                      %(max_jobs)s, %(dry_run)s);
+
+-- name: jobs_last_id
+-- Where a bulk act stops: jobs enqueued after it started are not its business.
+SELECT coalesce(max(id), 0) AS id FROM ledger.read_jobs;
+
+-- name: discarded_count
+SELECT ledger.discarded_count(%(kind)s, %(queue)s, %(since)s::timestamptz, %(error_like)s, %(search)s) AS n;
+
+-- name: bulk_action_get
+SELECT * FROM ledger.read_bulk_actions WHERE batch = %(batch)s;
+
+-- ---- throughput (the dashboard's chart)
+
+-- name: throughput_refresh
+SELECT ledger.throughput_refresh(%(settle)s, %(max_events)s) AS events;
+
+-- name: throughput_since
+-- Outcomes per minute and kind from `since` on: the rollup's rows, a few hundred for a few hours.
+SELECT minute, kind, succeeded, failed, discarded FROM ledger.read_throughput
+WHERE minute >= %(since)s AND (%(kind)s::text IS NULL OR kind = %(kind)s)
+ORDER BY minute, kind;

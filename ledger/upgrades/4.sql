@@ -124,3 +124,87 @@ CREATE TABLE ledger.waiters (
     since   timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX waiters_job_idx ON ledger.waiters (job_id);
+-- Cron schedules, bulk acts and the throughput rollup (see schema.sql's
+-- `schedules`, `bulk actions` and `throughput` blocks for what each is for).
+-- The rollup starts at the history's end: the chart covers what happens
+-- from the upgrade on, rather than a first refresh folding all of it.
+-- Cron schedules: a job enqueued at each slot of a cron expression read as
+-- wall-clock time in an IANA time zone. The slots are computed in Python
+-- (ledger/cron.py, over the cronsim library: what a slot is across a DST
+-- change is said there, once); the database admits one enqueue per slot
+-- across every worker by a compare-and-set on next_run_at
+-- (ledger.schedule_fire), as ledger.periodic does for fixed periods.
+-- Workers declare the schedules their app registers (ledger.schedule_declare);
+-- the last worker to start with a changed definition declares it.
+CREATE TABLE ledger.schedules (
+    name          text PRIMARY KEY,
+    cron          text NOT NULL,
+    timezone      text NOT NULL,
+    kind          text NOT NULL,
+    args          jsonb NOT NULL,
+    queue         text NOT NULL,
+    priority      int NOT NULL,
+    max_attempts  int NOT NULL,
+    missed        text NOT NULL CHECK (missed IN ('skip', 'once')),  -- slots passed while no worker ran
+    grace         interval NOT NULL,  -- how late a slot may still run under 'skip'
+    -- The next slot; or, just after a declaration or a resume, the time from
+    -- which slots count (a worker then writes the slot itself).
+    next_run_at   timestamptz NOT NULL,
+    last_slot     timestamptz,
+    last_job_id   bigint,
+    declared_at   timestamptz NOT NULL,
+    paused        boolean NOT NULL DEFAULT false,
+    changed_at    timestamptz,  -- the latest pause or resume: when, who, why
+    changed_by    text,
+    reason        text
+);
+-- What happened to the schedules, append-only: each definition declared,
+-- each pause and resume (who, why), and the slots that passed without a job
+-- of their own while no worker ran (how many, the first and the last, and
+-- whether one job stood for them).
+CREATE TABLE ledger.schedule_events (
+    position  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    schedule  text NOT NULL,
+    type      text NOT NULL CHECK (type IN ('declared', 'paused', 'resumed', 'missed')),
+    at        timestamptz NOT NULL DEFAULT now(),
+    by        text,
+    reason    text,
+    data      jsonb NOT NULL DEFAULT '{}'
+);
+
+-- One row per bulk replay or cancel (ledger.jobs_replay_bulk,
+-- jobs_cancel_bulk): the act an operator did once — its filter, who, by
+-- which door, why. Each job's replayed or cancelled event carries the same
+-- batch id, so the history shows which events were one act. Append-only.
+CREATE TABLE ledger.bulk_actions (
+    batch    uuid PRIMARY KEY,
+    action   text NOT NULL CHECK (action IN ('replay', 'cancel')),
+    filters  jsonb NOT NULL,
+    at       timestamptz NOT NULL DEFAULT now(),
+    by       text,
+    via      text,
+    reason   text
+);
+
+-- Outcomes per minute and kind, for the dashboard's chart: folded from the
+-- events after a cursor (ledger.throughput_refresh), as the metrics'
+-- histograms are, so drawing the last hours reads a few hundred rows of
+-- this table whatever the size of the ledger. Derived, not history: rows
+-- older than eight days are dropped by the refresh.
+CREATE TABLE ledger.throughput_cursor (
+    id         int PRIMARY KEY CHECK (id = 1),
+    position   bigint NOT NULL,
+    folded_at  timestamptz
+);
+INSERT INTO ledger.throughput_cursor
+SELECT 1, coalesce((SELECT s.last_value FROM pg_sequences s
+                     WHERE s.schemaname = 'ledger' AND s.sequencename = 'events_position_seq'), 0), NULL;
+
+CREATE TABLE ledger.throughput (
+    minute     timestamptz NOT NULL,  -- date_bin('1 minute', at, epoch): whole minutes, in any time zone
+    kind       text NOT NULL,
+    succeeded  bigint NOT NULL DEFAULT 0,
+    failed     bigint NOT NULL DEFAULT 0,  -- failed attempts that will retry, and rescues
+    discarded  bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (minute, kind)
+);

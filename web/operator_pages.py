@@ -1,0 +1,195 @@
+"""The operator's pages of the dashboard: queues (pause, resume, limits), schedules (pause, resume),
+activity (throughput charts), and the failed list's replay of all that match a filter.
+
+Forms post urlencoded bodies with the CSRF token (checked by web/auth.py for
+every dashboard POST) and answer with a redirect back, carrying a notice or
+the refusal; the reasons follow the API's rules (web/api.py ActionBody).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import falcon
+from psycopg_pool import ConnectionPool
+from pydantic import ValidationError
+
+from ledger.cron import zone
+from ledger.errors import InvalidArguments, LedgerError
+from ledger.kinds import format_validation_error
+from ledger.models import JobFilter
+from ledger.store import Store
+
+from .api import _int_param, action_body, parse_time, text_param
+from .chart import Chart, charts
+from .forms import local_path, read_form
+from .operators import FOLD_AT_MOST, check_queue, check_schedule, queue_views, schedule_views
+from .pages import Page, env
+from .stores import store
+
+__all__ = ["install", "throughput_charts"]
+
+HOURS = (1, 3, 6, 12, 24)
+
+
+def throughput_charts(s: Store, span: timedelta, kind: str | None = None, *, per_kind: int = 12) -> list[Chart]:
+    """Fold the events since the last fold (at most FOLD_AT_MOST), then the charts of the last `span`:
+    all kinds, then the busiest."""
+    s.throughput_refresh(max_events=FOLD_AT_MOST)
+    now = s.db_now_minus(timedelta(0))
+    return charts(s.throughput(now - span, kind), now - span, now, per_kind=per_kind)
+
+
+def _local(when: Any, timezone: str) -> str:
+    if when is None:
+        return ""
+    try:
+        local = when.astimezone(zone(timezone))
+    except LedgerError:
+        local = when
+    return f"{local:%Y-%m-%d %H:%M:%S %Z}"
+
+
+env.filters["inzone"] = _local
+
+
+class _Page(Page):
+    def __init__(self, pool: ConnectionPool[Any]) -> None:
+        self.pool = pool
+
+
+def _back(req: falcon.Request, form: dict[str, str], fallback: str, message: dict[str, str]) -> falcon.HTTPSeeOther:
+    back = local_path(form.get("next"), fallback)
+    return falcon.HTTPSeeOther(back + ("&" if "?" in back else "?") + urlencode(message))
+
+
+# ---------------------------------------------------------------- the failed list: replay all that match
+
+
+class FailedReplayAll(_Page):
+    """POST /failed/replay: replay every dead letter matching the form's filter, as one act (a batch)."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        form = read_form(req)
+        try:
+            try:
+                match = JobFilter(
+                    kind=form.get("kind") or None, queue=form.get("queue") or None,
+                    since=parse_time((form.get("since") or "")[:200] or None, "since", durations=True),
+                    error_like=form.get("error_like") or None, search=form.get("search") or None,
+                )  # fmt: skip
+            except ValidationError as exc:
+                raise InvalidArguments(f"invalid filter: {format_validation_error(exc)}") from None
+            if match.empty:
+                raise InvalidArguments("choose a filter first: replaying all dead letters at once takes one")
+            reason = action_body({"reason": form.get("reason") or None}).reason
+            if not reason:
+                raise InvalidArguments("reason: say why (it is recorded in every replayed job's history)")
+            dry_run = form.get("dry_run") == "1"
+            with store(self.pool) as s:
+                result = s.jobs_bulk("replay", match, reason=reason, actor="dashboard", via="dashboard",
+                                     dry_run=dry_run)  # fmt: skip
+            if dry_run:
+                text = f"would replay {len(result.done)} job(s); nothing changed (preview)"
+            else:
+                text = f"replayed {len(result.done)} job(s) in batch {result.batch}"
+            if result.refused:
+                refused = "; ".join(f"{r['reason']}" for r in result.refused[:3])
+                text += f"; {len(result.refused)} refused: {refused}"
+            message = {"notice": text}
+        except LedgerError as exc:
+            message = {"error": str(exc)}
+        raise _back(req, form, "/failed", message)
+
+
+# ---------------------------------------------------------------- queues
+
+
+class Queues(_Page):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        with store(self.pool) as s:
+            queues = queue_views(s)
+            limits = [row for row in s.limits() if row.scope.startswith("kind:")]
+        self.render(req, resp, "queues.html", queues=queues, kind_limits=limits)
+
+
+class QueueAction(_Page):
+    """POST /queues/{queue}/pause|resume from the queues page."""
+
+    def __init__(self, pool: ConnectionPool[Any], paused: bool) -> None:
+        super().__init__(pool)
+        self.paused = paused
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, queue: str) -> None:
+        form = read_form(req)
+        try:
+            check_queue(queue)
+            reason = action_body({"reason": form.get("reason") or None}).reason
+            with store(self.pool) as s:
+                s.queue_set_paused(queue, self.paused, actor="dashboard", reason=reason)
+            message = {"notice": f"queue {queue} {'paused' if self.paused else 'resumed'}"}
+        except LedgerError as exc:
+            message = {"error": str(exc)}
+        raise _back(req, form, "/queues", message)
+
+
+# ---------------------------------------------------------------- schedules
+
+
+class Schedules(_Page):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        with store(self.pool) as s:
+            schedules = schedule_views(s)
+            history = s.schedule_events(limit=30)
+        self.render(req, resp, "schedules.html", schedules=schedules, history=history)
+
+
+class ScheduleAction(_Page):
+    """POST /schedules/{name}/pause|resume from the schedules page."""
+
+    def __init__(self, pool: ConnectionPool[Any], paused: bool) -> None:
+        super().__init__(pool)
+        self.paused = paused
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        form = read_form(req)
+        try:
+            check_schedule(name)
+            reason = action_body({"reason": form.get("reason") or None}).reason
+            with store(self.pool) as s:
+                s.schedule_set_paused(name, self.paused, actor="dashboard", reason=reason)
+            message = {"notice": f"schedule {name} {'paused' if self.paused else 'resumed'}"}
+        except LedgerError as exc:
+            message = {"error": str(exc)}
+        raise _back(req, form, "/schedules", message)
+
+
+# ---------------------------------------------------------------- activity
+
+
+class Activity(_Page):
+    """Outcomes per minute over the last hours: all kinds, then one chart per kind (or the one asked for)."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            hours = _int_param(req, "hours", 3, 1, 24) or 3
+            kind = text_param(req, "kind")
+        except LedgerError as exc:
+            raise falcon.HTTPSeeOther("/activity?" + urlencode({"error": str(exc)})) from None
+        with store(self.pool) as s:
+            shown = throughput_charts(s, timedelta(hours=hours), kind)
+        self.render(req, resp, "activity.html", charts=shown, hours=hours, choices=HOURS, kind=kind or "")
+
+
+def install(app: falcon.App[Any, Any], pool: ConnectionPool[Any]) -> None:
+    """Add these pages' routes (queue names and schedule names are path-safe by their rules)."""
+    app.add_route("/failed/replay", FailedReplayAll(pool))
+    app.add_route("/queues", Queues(pool))
+    app.add_route("/queues/{queue}/pause", QueueAction(pool, True))
+    app.add_route("/queues/{queue}/resume", QueueAction(pool, False))
+    app.add_route("/schedules", Schedules(pool))
+    app.add_route("/schedules/{name}/pause", ScheduleAction(pool, True))
+    app.add_route("/schedules/{name}/resume", ScheduleAction(pool, False))
+    app.add_route("/activity", Activity(pool))
