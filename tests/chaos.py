@@ -317,6 +317,15 @@ class Chaos:
                     for i, jobs in islands.items()
                 )
             r["refused"] = sum(len(w.not_recorded()) for w in fleet)
+            # Jobs rescued from a cut worker whose body it had started (its side effect is on record):
+            # each such body reached an outcome the worker could not record. A job whose claim committed
+            # but whose answer the cut swallowed never ran there, and has no outcome to refuse.
+            ran_through = """SELECT count(DISTINCT e.job_id) FROM ledger.events e
+                             JOIN executions x ON x.job_id = e.job_id AND x.worker = e.data ->> 'worker'
+                             WHERE e.type = 'rescued' AND e.job_id = ANY(%s) AND e.data ->> 'worker' = ANY(%s)"""
+            cut_names = [fleet[c["host"]].name for c in r["cuts"]]
+            with connect(self.url) as conn:
+                r["ran_through"] = conn.execute(ran_through, [ids, cut_names]).fetchone()["count"]
             r["exit_codes"] = [w.stop() for w in fleet]
         finally:
             for host in hosts:
@@ -407,7 +416,8 @@ class Chaos:
                 f"of {self.cut_seconds:g}s (lease {self.lease:g}s), settled in {p['seconds']:.1f}s",
                 f"  cut worker noticed after   {noticed} (its first failed heartbeat or cycle)",
                 f"  rescued after the cut      {rescued} (until no job was running in the cut worker's name)",
-                f"  late outcomes refused      {p['refused']} (reached by bodies that ran on through a cut)",
+                f"  late outcomes refused      {p['refused']} (reached by bodies that ran on through a cut; "
+                f"{p['ran_through']} rescued job(s) had begun there)",
                 f"  lost                       {p['lost']}",
                 f"  stuck (not terminal)       {p['stuck']}",
                 f"  succeeded twice            {p['succeeded_twice']}",

@@ -33,4 +33,6 @@ def test_a_fleet_split_by_the_network_loses_no_job_and_succeeds_none_twice(tmp_p
     assert (r["lost"], r["stuck"], r["succeeded_twice"], r["unexplained"]) == (0, 0, 0, 0), report
     [cut] = r["cuts"]
     assert cut["noticed"] and cut["rescued_after"] > 0, report
-    assert r["refused"] >= 1 and r["carried_on"] == 1, report
+    # Every body that began on the cut host before its job was rescued ends in a refused outcome
+    # (how many began is the timing's; tests/test_partition.py holds one body through a cut on purpose).
+    assert r["refused"] >= r["ran_through"] and r["carried_on"] == 1, report
