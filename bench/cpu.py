@@ -3,6 +3,8 @@
     python -m bench.cpu ledger 20000          # any row of bench.harness.SYSTEMS (ledger_default, awa_tuned, ...);
                                               # the old names too: ledger (= ledger_tuned), pgqueuer_b50, ...
     python -m bench.cpu ledger 60000 spy.txt  # also a py-spy profile of the worker (raw, collapsed stacks)
+    BENCH_IO_MS=30 LEDGER_WORKER_QUEUES=default=10 python -m bench.cpu ledger_default 5000
+                                              # ledger's jobs wait 30 ms on I/O each (how the defaults were chosen)
 
 The drain of `just bench`, measured from the GO line to the last job counted
 done, with every process's CPU time read before and after. A worker and a

@@ -195,7 +195,7 @@ def latency(system: System, server: str, n: int, gap_ms: float) -> dict[str, Any
         stop(procs)
 
 
-_LEDGER_DONE = "SELECT count(*) FROM ledger.jobs WHERE kind = 'noop' AND state = 'succeeded'"
+_LEDGER_DONE = "SELECT count(*) FROM ledger.jobs WHERE kind IN ('noop', 'io') AND state = 'succeeded'"
 _PROCRASTINATE_DONE = "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'noop' AND status = 'succeeded'"
 _PGQUEUER_LEFT = "SELECT count(*) FROM pgqueuer"  # it deletes a job's row when it completes: done = queued - left
 _OBAN_DONE = "SELECT count(*) FROM oban_jobs WHERE worker = '__main__.Noop' AND state = 'completed'"
@@ -216,7 +216,7 @@ _AWA_DONE = """SELECT (SELECT coalesce(sum(completed_count), 0) FROM awa.receipt
 # Four processes of a row must fit in max_connections (100 by default) for drain_4p.
 SYSTEMS = [
     System("ledger_default", "bench.peers.ledger_peer", (),
-           "`just worker`: WorkerConfig defaults (queues default=10, 2 cycles in flight)", _LEDGER_DONE,
+           "`just worker`: WorkerConfig defaults (queues default=100, 2 cycles in flight)", _LEDGER_DONE,
            "ledger default"),
     System("ledger_tuned", "bench.peers.ledger_peer", ("400", "3"),
            "concurrency 400, 3 cycles in flight", _LEDGER_DONE, "ledger tuned", enqueue=False),

@@ -13,7 +13,7 @@ __all__ = ["worker"]
 
 
 def worker(
-    queues: str | None = typer.Option(None, help="Queues and concurrency, e.g. default=10,mail=2."),
+    queues: str | None = typer.Option(None, help="Queues and concurrency, e.g. default=100,mail=2 (a bare name: 100)."),
     poll_interval: float | None = typer.Option(None, help="Seconds between safety-net polls."),
     poll_only: bool | None = typer.Option(None, "--poll-only/--listen", help="Poll without LISTEN/NOTIFY."),
     cycles: int | None = typer.Option(None, help="Claim/complete transactions in flight at once (default 2)."),

@@ -13,27 +13,35 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ledger.durations import parse_duration
 from ledger.errors import InvalidArguments
 
-__all__ = ["WorkerConfig", "parse_queues", "parse_retention"]
+__all__ = ["CONCURRENCY", "WorkerConfig", "parse_queues", "parse_retention"]
 
 
 def _default_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
+CONCURRENCY = 100
+"""A queue's concurrency when none is given. Jobs are mostly I/O (a request, a query, an email) and
+an async body costs a task, not a thread: at 10, a worker whose jobs wait 30 ms on I/O did
+236-252 jobs/s and a no-op drain spent its time on the per-claim cost of claims of 5 (both
+measured: docs/design.md, "The defaults"). A worker of CPU-bound sync handlers wants its cores'
+count instead (`--queues default=2`)."""
+
+
 def parse_queues(spec: str) -> dict[str, int]:
-    """`default=10,mail=2` -> {"default": 10, "mail": 2}; a bare name gets concurrency 10."""
+    """`default=100,mail=2` -> {"default": 100, "mail": 2}; a bare name gets CONCURRENCY."""
     queues: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, _, n = part.partition("=")
         try:
-            limit = int(n) if n else 10
+            limit = int(n) if n else CONCURRENCY
         except ValueError:
             raise ValueError(f"queue {name!r}: concurrency {n!r} is not a whole number") from None
         if limit < 1:
             raise ValueError(f"queue {name!r}: concurrency must be at least 1")
         queues[name.strip()] = limit
     if not queues:
-        raise ValueError("at least one queue is needed, e.g. default=10")
+        raise ValueError("at least one queue is needed, e.g. default=100")
     return queues
 
 
@@ -52,8 +60,8 @@ class WorkerConfig(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LEDGER_WORKER_", extra="ignore")
 
-    queues: str = "default=10"
-    """Queues and their concurrency: `default=10,mail=2`."""
+    queues: str = f"default={CONCURRENCY}"
+    """Queues and their concurrency: `default=100,mail=2`."""
     poll_interval: float = Field(1.0, gt=0)
     """Seconds between safety-net polls (jittered ±10%); NOTIFY wakes the worker sooner."""
     cycles: int = Field(2, ge=1, le=8)

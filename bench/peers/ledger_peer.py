@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 
+import anyio
 from pydantic import BaseModel
 
 from bench.peers.common import DATABASE_URL, Peer, chunks, latency_probe, ping, timed, wait_for_go
@@ -25,6 +27,16 @@ class Ping(BaseModel):
 @registry.kind("noop")
 async def noop(ctx: JobContext[NoArgs]) -> None:
     return None
+
+
+class Io(BaseModel):
+    ms: float
+
+
+@registry.kind("io", args=Io)
+async def io(ctx: JobContext[Io]) -> None:
+    """A job that waits on I/O for `ms`: what the defaults are chosen for (docs/design.md, "The defaults")."""
+    await anyio.sleep(ctx.args.ms / 1000)
 
 
 @registry.kind("ping", args=Ping)
@@ -60,9 +72,12 @@ async def enqueue_batch(n: str, size: str) -> None:
 
 
 async def fill(n: str) -> None:
+    """No-op jobs; with BENCH_IO_MS set (ledger's own measurement of its defaults), jobs that wait that long."""
+    io_ms = os.environ.get("BENCH_IO_MS")
+    job: dict[str, object] = {"kind": "io", "args": {"ms": float(io_ms)}} if io_ms else {"kind": "noop"}
     c = client()
     for size in chunks(int(n)):
-        await c.enqueue_many([{"kind": "noop"}] * size)
+        await c.enqueue_many([job] * size)
     await c.close()
 
 
