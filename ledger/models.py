@@ -14,6 +14,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     PlainValidator,
+    StrictBool,
     StrictInt,
     StrictStr,
     WithJsonSchema,
@@ -134,8 +135,8 @@ class Unique(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     key: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_NUL)
-    args: bool | list[str] = True
-    by_queue: bool = False
+    args: StrictBool | list[str] = True  # strict: 1 is not True (the API's document says boolean)
+    by_queue: StrictBool = False
     period: Seconds | None = None
     states: Annotated[frozenset[JobState], Field(min_length=1), BeforeValidator(_no_repeats)] = ACTIVE_STATES
 

@@ -54,6 +54,15 @@ def test_a_unique_enqueue_answers_201_then_200_with_the_same_id(client: falcon.t
     assert again.headers["location"] == f"/api/jobs/{first.json['id']}"
 
 
+def test_a_unique_rule_takes_booleans_as_booleans(client: falcon.testing.TestClient) -> None:
+    # The document says boolean; 1 for True was accepted and made a job (found by the API fuzz test).
+    for rule in ({"by_queue": 1}, {"args": 0}, {"by_queue": "true"}):
+        r = client.simulate_post("/api/jobs", json={"kind": "heartbeat", "unique": rule})
+        assert r.status_code == 422, rule
+        assert any(f.startswith("unique") for f in r.json["fields"]), r.json
+    assert client.simulate_get("/api/jobs").json["jobs"] == []
+
+
 # ---------------------------------------------------------------- bulk replay and cancel
 
 
