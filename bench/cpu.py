@@ -5,6 +5,8 @@
     python -m bench.cpu ledger 60000 spy.txt  # also a py-spy profile of the worker (raw, collapsed stacks)
     BENCH_IO_MS=30 LEDGER_WORKER_QUEUES=default=10 python -m bench.cpu ledger_default 5000
                                               # ledger's jobs wait 30 ms on I/O each (how the defaults were chosen)
+    BENCH_LIMIT_KEYS=100 python -m bench.cpu ledger_tuned 20000
+                                              # no-op jobs over 100 keys, at most 4 running per key (a limit's cost)
 
 The drain of `just bench`, measured from the GO line to the last job counted
 done, with every process's CPU time read before and after. A worker and a

@@ -195,7 +195,7 @@ def latency(system: System, server: str, n: int, gap_ms: float) -> dict[str, Any
         stop(procs)
 
 
-_LEDGER_DONE = "SELECT count(*) FROM ledger.jobs WHERE kind IN ('noop', 'io') AND state = 'succeeded'"
+_LEDGER_DONE = "SELECT count(*) FROM ledger.jobs WHERE kind IN ('noop', 'io', 'keyed') AND state = 'succeeded'"
 _PROCRASTINATE_DONE = "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'noop' AND status = 'succeeded'"
 _PGQUEUER_LEFT = "SELECT count(*) FROM pgqueuer"  # it deletes a job's row when it completes: done = queued - left
 _OBAN_DONE = "SELECT count(*) FROM oban_jobs WHERE worker = '__main__.Noop' AND state = 'completed'"

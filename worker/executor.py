@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
-import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -32,7 +31,7 @@ from ledger import tracing
 from ledger.defaults import RESULT_MAX_BYTES
 from ledger.errors import InvalidArguments, UnknownKind
 from ledger.jsoncheck import dump_json
-from ledger.kinds import JobCancel, JobContext, JobDiscard, JobSnooze, Registry, format_validation_error
+from ledger.kinds import CancelFlag, JobCancel, JobContext, JobDiscard, JobSnooze, Registry, format_validation_error
 from ledger.models import Job
 from ledger.retry_policy import retry_at
 
@@ -99,7 +98,7 @@ async def execute(
     *,
     clock: Callable[[], datetime] = _now,
     jitter: Callable[[], float] = random.random,
-    cancelled: threading.Event | None = None,
+    cancelled: CancelFlag | None = None,
     trace: Mapping[str, str] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> Outcome:
@@ -126,10 +125,10 @@ async def _execute(
     database_url: str,
     clock: Callable[[], datetime],
     jitter: Callable[[], float],
-    cancelled: threading.Event | None,
+    cancelled: CancelFlag | None,
     progress: Callable[[dict[str, Any]], None] | None,
 ) -> Outcome:
-    cancelled = cancelled or threading.Event()
+    cancelled = cancelled or CancelFlag()
     started = time.monotonic()
 
     def done(kind: OutcomeKind, **kw: Any) -> Outcome:

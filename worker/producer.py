@@ -32,7 +32,6 @@ import dataclasses
 import inspect
 import logging
 import random
-import threading
 import time
 from collections import Counter
 from datetime import timedelta
@@ -44,7 +43,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ledger import tracing
 from ledger.db import connect_async
-from ledger.kinds import Registry
+from ledger.kinds import CancelFlag, Registry
 from ledger.models import Job
 from ledger.store_async import AsyncStore
 
@@ -83,7 +82,7 @@ class Producer:
         self.active: Counter[str] = Counter()  # bodies running, per queue
         self.reserved: Counter[str] = Counter()  # slots a claim in flight may fill
         self.running: dict[int, Job] = {}  # claimed jobs whose outcome is not recorded yet
-        self.bodies: dict[int, tuple[asyncio.Task[None], threading.Event]] = {}  # jobs whose body runs now
+        self.bodies: dict[int, tuple[asyncio.Task[None], CancelFlag]] = {}  # jobs whose body runs now
         self.tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0  # cycles between take() and settle(): their jobs are not in `running` yet
         self.claims_sent = 0  # claim cycles started, ever: each one's number
@@ -239,7 +238,7 @@ class Producer:
                 self.running[job.id] = job
                 # A bare asyncio task per job (anyio's start_soon costs several times
                 # more); they are tracked so an abandon can cancel them.
-                cancelled = threading.Event()
+                cancelled = CancelFlag()
                 task = loop.create_task(self._run_job(job, cancelled, carriers))
                 self.tasks.add(task)
                 self.bodies[job.id] = (task, cancelled)
@@ -280,7 +279,7 @@ class Producer:
             return {}
 
     async def _run_job(
-        self, job: Job, cancelled: threading.Event, carriers: asyncio.Task[dict[int, dict[str, str]]] | None
+        self, job: Job, cancelled: CancelFlag, carriers: asyncio.Task[dict[int, dict[str, str]]] | None
     ) -> None:
         # The slot is free once the body is done, not once its outcome is
         # committed: the next cycle then records this success and claims a

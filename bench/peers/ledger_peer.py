@@ -14,6 +14,8 @@ from ledger.db import connect
 from ledger.kinds import JobContext, NoArgs, builtin_registry
 from ledger.logs import setup_logging
 from ledger.migrate import migrate
+from ledger.models import Limit
+from ledger.store_async import AsyncStore
 from ledger.worker.config import WorkerConfig
 from ledger.worker.runtime import Worker
 
@@ -37,6 +39,21 @@ class Io(BaseModel):
 async def io(ctx: JobContext[Io]) -> None:
     """A job that waits on I/O for `ms`: what the defaults are chosen for (docs/design.md, "The defaults")."""
     await anyio.sleep(ctx.args.ms / 1000)
+
+
+class Keyed(BaseModel):
+    k: int
+
+
+# BENCH_LIMIT_KEYS=100: the drain's jobs are spread over that many keys, each limited to
+# BENCH_LIMIT_PER_KEY (4) running at once: what a per-key limit costs the claim (docs/design.md).
+LIMIT_KEYS = int(os.environ.get("BENCH_LIMIT_KEYS", "0"))
+KEY_LIMIT = Limit(concurrency=int(os.environ.get("BENCH_LIMIT_PER_KEY", "4")), key="k")
+
+
+@registry.kind("keyed", args=Keyed, limit=KEY_LIMIT if LIMIT_KEYS else None)
+async def keyed(ctx: JobContext[Keyed]) -> None:
+    return None
 
 
 @registry.kind("ping", args=Ping)
@@ -72,12 +89,17 @@ async def enqueue_batch(n: str, size: str) -> None:
 
 
 async def fill(n: str) -> None:
-    """No-op jobs; with BENCH_IO_MS set (ledger's own measurement of its defaults), jobs that wait that long."""
+    """No-op jobs; with BENCH_IO_MS set (ledger's own measurement of its defaults), jobs that wait
+    that long; with BENCH_LIMIT_KEYS, no-op jobs under a per-key limit (declared before they are
+    enqueued: a job's limit key is fixed at enqueue)."""
     io_ms = os.environ.get("BENCH_IO_MS")
-    job: dict[str, object] = {"kind": "io", "args": {"ms": float(io_ms)}} if io_ms else {"kind": "noop"}
+    jobs: list[dict[str, object]] = [{"kind": "io", "args": {"ms": float(io_ms)}} if io_ms else {"kind": "noop"}]
     c = client()
+    if LIMIT_KEYS:
+        await AsyncStore(await c.connect()).limit_set("kind:keyed", KEY_LIMIT)
+        jobs = [{"kind": "keyed", "args": {"k": k}} for k in range(LIMIT_KEYS)]
     for size in chunks(int(n)):
-        await c.enqueue_many([job] * size)
+        await c.enqueue_many([jobs[i % len(jobs)] for i in range(size)])
     await c.close()
 
 
