@@ -28,14 +28,17 @@ import psutil
 import psycopg
 
 from bench.cost import ServerMeter
-from bench.harness import go, stop, system
+from bench.harness import count_until_done, go, stop, system
 from ledger.db import database_url
 
 
-def cpu_times() -> dict[tuple[str, int], float]:
-    """CPU seconds of every PostgreSQL and benchmark-peer process, by (role, pid)."""
+def cpu_times(harness: int) -> dict[tuple[str, int], float]:
+    """CPU seconds of every PostgreSQL and benchmark-peer process, by (role, pid); not the
+    `harness` backend, which counts the jobs done for the bench."""
     out: dict[tuple[str, int], float] = {}
     for p in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        if p.pid == harness:
+            continue
         try:
             cmd = " ".join(p.info["cmdline"] or [])
             role = "postgres" if p.info["name"] == "postgres" or "postgres:" in cmd else None
@@ -57,24 +60,22 @@ def main() -> None:
     url = peer.fresh(server)
     peer.call(url, "fill", str(jobs))
     procs = peer.workers(url, 1)
-    meter = ServerMeter(server, f"bench_{peer.name}", [p.pid for p in procs])
-    polls = 0
     spy = None
     if profile:
         record = ["py-spy", "record", "-p", str(procs[0].pid), "-o", profile, "--format", "raw", "-r", "250"]
         spy = subprocess.Popen([*record, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with psycopg.connect(url, autocommit=True) as conn:
+            harness = conn.info.backend_pid
+            meter = ServerMeter(server, f"bench_{peer.name}", [p.pid for p in procs], harness)
             time.sleep(0.5)
-            before = cpu_times()
+            before = cpu_times(harness)
             meter.start()
             started = time.perf_counter()
             go(procs)
-            while peer.done(conn, jobs) < jobs:
-                polls += 1
-                time.sleep(0.01)
+            _, polls = count_until_done(peer, conn, jobs, meter, started + 300)
             elapsed = time.perf_counter() - started
-            after = cpu_times()
+            after = cpu_times(harness)
             meter.stop()
     finally:
         if spy:
@@ -86,7 +87,7 @@ def main() -> None:
         used[key[0]] = used.get(key[0], 0.0) + seconds - before.get(key, 0.0)
     split = ", ".join(f"{role} {s:.2f} cpu-s ({s / elapsed:.0%} of a core)" for role, s in sorted(used.items()))
     print(f"{peer.name}: {jobs / elapsed:,.0f} jobs/s ({jobs:,} in {elapsed:.2f}s); {split}")
-    cost = meter.finish(own_statements=polls + 1)
+    cost = meter.finish(own_statements=polls)
     pg = f"{cost['pg_cpu_s'] / jobs * 1e6:,.0f} us" if cost["pg_cpu_s"] is not None else "-"
     print(
         f"per job: PostgreSQL CPU {pg} (its database and shared processes), WAL {cost['wal_bytes'] / jobs:,.0f} B,"
