@@ -382,7 +382,7 @@ def _select(wanted: str | None) -> tuple[list[System], list[str]]:
 
 
 def _versions(systems: list[System]) -> dict[str, str]:
-    found = {p: version(p) for p in ("ledger", "procrastinate", "pgqueuer", "awa-pg", "asyncpg", "psycopg")}
+    found = {p: version(p) for p in ("jobledger", "procrastinate", "pgqueuer", "awa-pg", "asyncpg", "psycopg")}
     oban = next((s for s in systems if s.runtime == "oban"), None)
     if oban:
         out = subprocess.run([oban.python(), "-c", "import sys; from importlib.metadata import version as v;"
