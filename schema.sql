@@ -1,6 +1,6 @@
 -- ledger schema: the database's API.
 --
--- schema-version: 4
+-- schema-version: 5
 --
 -- The record of truth is ledger.events, an append-only table of job events.
 -- ledger.jobs (current state) and ledger.discarded (dead letters) are
@@ -552,6 +552,11 @@ BEGIN
     ELSIF e.type = 'rescued' THEN
         IF j.state <> 'running' THEN PERFORM ledger._refuse(j, e.type, '{running}'); END IF;
         j.last_error := e.data->>'error';
+        IF (e.data->>'unrun')::boolean THEN
+            -- A lost claim: the body never began, so the attempt its claim counted is given
+            -- back (a job on its last attempt is not discarded for a reply that went missing).
+            j.attempt := j.attempt - 1;
+        END IF;
         IF j.attempt < j.max_attempts THEN
             j.state := 'retryable';
             j.run_at := e.at;
@@ -1191,7 +1196,8 @@ END $$;
 -- Return to work the running jobs whose worker's lease expired before
 -- `as_of` (or that have no heartbeat row at all). job_ids narrows it to
 -- those jobs. Each gets a `rescued` event naming the vanished worker, or
--- saying `reason` (a live worker's lost claim: worker/heartbeat.py).
+-- saying `reason` (a live worker's lost claim: worker/heartbeat.py); the
+-- latter is marked `unrun` (its body never began), which gives its attempt back.
 CREATE FUNCTION ledger.job_rescue(
     as_of timestamptz DEFAULT now(), job_ids bigint[] DEFAULT NULL, metadata jsonb DEFAULT '{}', reason text DEFAULT NULL
 )
@@ -1216,7 +1222,8 @@ BEGIN
             'error', CASE
                 WHEN reason IS NOT NULL THEN reason
                 WHEN r.expired IS NULL THEN format('worker %s vanished (no heartbeat on record)', j.worker)
-                ELSE format('worker %s vanished (lease expired at %s)', j.worker, r.expired) END),
+                ELSE format('worker %s vanished (lease expired at %s)', j.worker, r.expired) END)
+            || CASE WHEN reason IS NOT NULL THEN '{"unrun": true}'::jsonb ELSE '{}' END,
             metadata);
     END LOOP;
 END $$;

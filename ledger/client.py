@@ -32,7 +32,7 @@ from .db import connect, connect_async, connection_problem, database_url
 from .errors import DatabaseUnavailable, InvalidArguments, JobFailed, JobNotFound, UnknownKind
 from .jsoncheck import check_json, dump_json
 from .kinds import Kind, Registry, default_registry, error_fields, format_validation_error
-from .models import JobId, JobRequest, Unique
+from .models import JobId, JobRequest, QueueState, Unique
 from .orm import AsyncTransactional, Transactional, async_psycopg_connection, psycopg_connection
 from .statements import EnqueueRow, UniqueRow
 from .store import Store
@@ -276,6 +276,15 @@ class Client:
             finally:
                 store.wait_end(job_id)
 
+    def pause(self, queue: str, *, reason: str | None = None, by: str | None = None) -> QueueState:
+        """Stop every worker of the fleet from claiming `queue` (running jobs finish; enqueues still work),
+        recorded with who and why; `ledger queue pause` from code."""
+        return Store(self._connection()).queue_set_paused(queue, True, actor=by, reason=reason)
+
+    def resume(self, queue: str, *, reason: str | None = None, by: str | None = None) -> QueueState:
+        """Let workers claim a paused `queue` again (LedgerError if it is not paused)."""
+        return Store(self._connection()).queue_set_paused(queue, False, actor=by, reason=reason)
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -368,6 +377,14 @@ class AsyncClient:
                         pass
             finally:
                 await store.wait_end(job_id)
+
+    async def pause(self, queue: str, *, reason: str | None = None, by: str | None = None) -> QueueState:
+        """The async twin of Client.pause."""
+        return await AsyncStore(await self.connect()).queue_set_paused(queue, True, actor=by, reason=reason)
+
+    async def resume(self, queue: str, *, reason: str | None = None, by: str | None = None) -> QueueState:
+        """The async twin of Client.resume."""
+        return await AsyncStore(await self.connect()).queue_set_paused(queue, False, actor=by, reason=reason)
 
     async def close(self) -> None:
         if self._conn is not None:

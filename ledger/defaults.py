@@ -2,7 +2,7 @@
 
 The Python side reads them from here. schema.sql's functions carry the same
 values as their parameters' defaults (so psql callers get them too);
-tests/test_schema.py keeps the two equal. The worker's own settings
+tests/test_structure.py keeps the two equal. The worker's own settings
 (concurrency, cycles, poll interval, ...) are defaults of worker/config.py's
 WorkerConfig, which reads the lease from here.
 """

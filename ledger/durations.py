@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from .errors import InvalidArguments
 
-__all__ = ["MAX_DURATION", "parse_duration"]
+__all__ = ["MAX_DURATION", "parse_duration", "parse_rate"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
@@ -30,3 +30,14 @@ def parse_duration(text: str, field: str = "duration") -> timedelta:
     if seconds > MAX_DURATION.total_seconds():
         raise InvalidArguments(f"duration {text!r} is longer than {MAX_DURATION.days // 365} years", [field])
     return timedelta(seconds=seconds)
+
+
+_RATE = re.compile(r"^\s*(\d{1,9})\s*/\s*(\S+)\s*$")
+
+
+def parse_rate(text: str, field: str = "rate") -> tuple[int, timedelta]:
+    """`60/1m` -> (60, one minute): at most 60 starts in any minute; InvalidArguments naming `field` otherwise."""
+    match = _RATE.match(text)
+    if not match:
+        raise InvalidArguments(f"{field} {text[:100]!r}: write starts per period, e.g. 60/1m", [field])
+    return int(match.group(1)), parse_duration(match.group(2), field)

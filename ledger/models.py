@@ -34,9 +34,11 @@ __all__ = [
     "JobFilter",
     "JobId",
     "JobRequest",
+    "JobView",
     "Limit",
     "LimitRow",
     "Partition",
+    "Progress",
     "QueueState",
     "QueueWait",
     "ScheduleEvent",
@@ -212,6 +214,31 @@ class Event(BaseModel):
     at: datetime
     data: JsonObject
     metadata: JsonObject
+
+
+class Progress(BaseModel):
+    """The latest report of a job's running (or last) attempt: `ctx.progress(...)`'s fields."""
+
+    attempt: int
+    at: datetime
+    value: JsonObject
+
+
+class JobView(BaseModel):
+    """A job, its history, its latest progress and what its last success returned: what
+    `ledger show`, GET /api/jobs/<id> and the dashboard's job page show."""
+
+    job: Job
+    events: list[Event]
+    progress: Progress | None
+    result: Any = None
+
+    @classmethod
+    def of(cls, job: Job, events: list[Event], progress: Any) -> JobView:
+        result = next(
+            (e.data["result"] for e in reversed(events) if e.type == "succeeded" and "result" in e.data), None
+        )
+        return cls(job=job, events=events, progress=progress, result=result)
 
 
 class DiscardedJob(BaseModel):

@@ -28,6 +28,7 @@ from .models import (
     JobCount,
     JobFilter,
     JobId,
+    JobView,
     Limit,
     LimitRow,
     Partition,
@@ -97,6 +98,13 @@ class Store:
 
     def events_for_job(self, job_id: int) -> list[Event]:
         return [Event.model_validate(r) for r in self._rows("events_for_job", {"id": job_id})]
+
+    def job_view(self, job_id: int) -> JobView | None:
+        """The job with its history, latest progress and result; None when there is no such job."""
+        job = self.job(job_id)
+        if job is None:
+            return None
+        return JobView.of(job, self.events_for_job(job_id), self.progress(job_id))
 
     def discarded(
         self,

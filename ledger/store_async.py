@@ -45,6 +45,7 @@ from .models import (
     JobCount,
     JobFilter,
     JobId,
+    JobView,
     Limit,
     LimitRow,
     Partition,
@@ -114,6 +115,13 @@ class AsyncStore:
 
     async def events_for_job(self, job_id: int) -> list[Event]:
         return [Event.model_validate(r) for r in await self._rows("events_for_job", {"id": job_id})]
+
+    async def job_view(self, job_id: int) -> JobView | None:
+        """The job with its history, latest progress and result; None when there is no such job."""
+        job = await self.job(job_id)
+        if job is None:
+            return None
+        return JobView.of(job, await self.events_for_job(job_id), await self.progress(job_id))
 
     async def discarded(
         self,

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
 from ledger.store import Store
 
 from .test_cli import ledger
+from .test_web import client_for
 
 
 def test_enqueue_with_a_unique_key_says_when_the_job_is_already_enqueued(db_url: str, store: Store) -> None:
@@ -80,3 +84,6 @@ def test_stats_and_metrics_name_the_due_jobs_no_live_worker_can_run(db_url: str,
     assert json.loads(ledger("stats", "--json", url=db_url).stdout)["unserved"] == [
         {"queue": "default", "kind": "always_fail", "jobs": 3}
     ]
+    with ConnectionPool(db_url, min_size=1, kwargs={"autocommit": True, "row_factory": dict_row}) as pool:
+        metrics = client_for(pool).simulate_get("/metrics").text
+    assert 'ledger_jobs_unserved{queue="default",kind="always_fail"} 3.0' in metrics, metrics

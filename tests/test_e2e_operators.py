@@ -88,6 +88,28 @@ def test_pausing_and_resuming_a_queue(site: Gunicorn, page: Any, store: Store) -
     assert [(q.queue, q.paused) for q in store.queue_states()] == [("mail", False)]
 
 
+def test_setting_and_clearing_a_limit(site: Gunicorn, page: Any, store: Store) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{site.base}/queues")
+    form = page.locator("#limit-form")
+    form.get_by_label("limit scope").fill("kind:export")
+    form.get_by_label("at most this many running at once").fill("2")
+    form.get_by_label("per value of this args field").fill("customer_id")
+    form.get_by_role("button", name="Set limit").click()
+    expect(page.locator(".flash.ok")).to_have_text("limit kind:export set; it applies to jobs enqueued from now on")
+    row = page.locator("#limits tr", has_text="kind:export")
+    expect(row).to_contain_text("customer_id")
+    assert [(r.scope, r.concurrency, r.key_path) for r in store.limits()] == [("kind:export", 2, ["customer_id"])]
+    form.get_by_label("limit scope").fill("kind:export")
+    form.get_by_label("at most this many starts per period").fill("sixty")
+    form.get_by_role("button", name="Set limit").click()
+    expect(page.locator(".flash.bad")).to_contain_text("write starts per period")
+    row.get_by_role("button", name="clear limit kind:export").click()
+    expect(page.locator(".flash.ok")).to_have_text("limit kind:export cleared")
+    assert store.limits() == []
+
+
 def test_pausing_and_resuming_a_schedule(site: Gunicorn, page: Any, store: Store) -> None:
     from playwright.sync_api import expect
 

@@ -6,10 +6,12 @@ from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
+import anyio
 import psycopg
 import pytest
 from psycopg.rows import DictRow
 
+from ledger.client import AsyncClient, Client
 from ledger.errors import IllegalTransition, InvalidArguments, refusals
 from ledger.models import Limit
 from ledger.store import Store
@@ -49,6 +51,21 @@ def test_a_paused_queue_is_not_claimed_but_takes_new_jobs_and_the_pause_is_recor
         store.queue_set_paused("no spaces", True)
     with pytest.raises(psycopg.Error, match="append-only"):
         store.conn.execute("DELETE FROM ledger.queue_events")
+
+
+def test_the_clients_pause_and_resume_a_queue_for_the_fleet(db_url: str, store: Store) -> None:
+    with Client(db_url) as client:
+        paused = client.pause("q", reason="upstream down", by="ana")
+        assert (paused.queue, paused.paused, paused.changed_by, paused.reason) == ("q", True, "ana", "upstream down")
+    enqueue(store, "k", 1)
+    assert store.claim("q", 10, "w") == []
+
+    async def resume() -> bool:
+        async with AsyncClient(db_url) as client:
+            return (await client.resume("q", reason="back")).paused
+
+    assert anyio.run(resume) is False
+    assert len(store.claim("q", 10, "w")) == 1
 
 
 def test_a_pause_stops_every_worker_of_the_fleet_and_a_resume_wakes_them(

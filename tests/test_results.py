@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from typing import Any
 
 import anyio
 import psycopg
 import pytest
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import ConnectionPool
 
 from ledger.client import AsyncClient, Client
 from ledger.errors import JobFailed, JobNotFound
@@ -16,6 +19,7 @@ from ledger.store import Store
 
 from .jobapp import SIDE_TABLE
 from .test_cli import ledger
+from .test_web import client_for
 from .workers import WorkerProcess, wait_until
 
 QUIET = ["--heartbeat-every", "3600", "--rescue-every", "3600"]
@@ -86,15 +90,25 @@ def test_wait_is_woken_by_the_end_not_by_a_poll_and_raises_for_a_job_that_failed
             client.wait(later, timeout=0.5)
 
 
-def test_a_handler_reports_progress_that_ledger_show_and_the_job_read_show(
+def test_a_handler_reports_progress_that_ledger_show_the_api_and_the_job_page_show(
     db_url: str, store: Store, worker: WorkerProcess
 ) -> None:
+    pool: ConnectionPool[Any] = ConnectionPool(db_url, min_size=1, kwargs={"autocommit": True, "row_factory": dict_row})
+    web = client_for(pool)
     [job] = store.enqueue_many([("steps", {}, "default", 5, 1, None)])
     wait_until(lambda: (p := store.progress(job)) is not None and p["value"]["done"] >= 2, 30, "progress")
     shown = ledger("show", str(job), url=db_url)
     assert "progress:" in shown.stdout and '"total": 5' in shown.stdout, shown.stdout
+    read = web.simulate_get(f"/api/jobs/{job}").json
+    assert read["progress"]["value"]["total"] == 5 and read["progress"]["attempt"] == 1, read["progress"]
+    assert 'id="job-progress"' in web.simulate_get(f"/jobs/{job}").text
     wait_until(lambda: store.job(job).state == "succeeded", 30, "the job")  # type: ignore[union-attr]
     assert "result:" in ledger("show", str(job), url=db_url).stdout
+    done = web.simulate_get(f"/api/jobs/{job}").json
+    assert done["result"] is not None and done["result"] == json.loads(ledger("wait", str(job), url=db_url).stdout)
+    page = web.simulate_get(f"/jobs/{job}").text
+    pool.close()
+    assert 'id="job-result"' in page
 
 
 def test_a_result_past_the_limit_discards_the_attempt_saying_why(

@@ -189,6 +189,26 @@ def test_the_heartbeat_waits_while_a_claim_from_before_its_last_beat_is_still_ou
     assert store.job(lost).state == "retryable"  # type: ignore[union-attr]
 
 
+def test_a_lost_claim_gives_its_attempt_back_so_a_last_attempt_is_not_discarded(store: Store) -> None:
+    # The body of a lost claim never began: discarding a job on its last attempt for a reply that
+    # went missing would contradict the reason its event gives.
+    [job] = enqueue(store, 1, attempts=1)
+    store.claim("q", 1, "hb")
+    assert store.rescue_orphans([job], "never received the claim's answer", {"reason": "lost claim"}) == [job]
+    after = store.job(job)
+    assert after is not None and (after.state, after.attempt) == ("retryable", 0)
+    rescued = store.events_for_job(job)[-1]
+    assert rescued.type == "rescued" and rescued.data["unrun"] is True
+    [again] = store.claim("q", 1, "hb")
+    assert again.attempt == 1
+    # A vanished worker's body may have run: its rescue spends the attempt, the last one discards.
+    store.conn.execute("DELETE FROM ledger.workers WHERE id = 'hb'")
+    assert [j.id for j in store.rescue(job_ids=[job])] == [job]
+    assert store.job(job).state == "discarded"  # type: ignore[union-attr]
+    assert "unrun" not in store.events_for_job(job)[-1].data
+    assert store.projections_diff() == []  # the rebuild's fold agrees
+
+
 # ---------------------------------------------------------------- the producer
 
 

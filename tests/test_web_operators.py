@@ -250,6 +250,29 @@ def test_the_queues_page_pauses_and_resumes_with_csrf(client: falcon.testing.Tes
     assert "not paused" in notice(post_form(client, "/queues/mail/resume", csrf))["error"][0]
 
 
+def test_the_queues_page_sets_and_clears_limits_and_refuses_a_bad_one_naming_the_field(
+    client: falcon.testing.TestClient, store: Store
+) -> None:
+    csrf = client.simulate_get("/queues").cookies["ledger_csrf"].value
+    r = post_form(client, "/limits", csrf, scope="kind:heartbeat", concurrency="2", rate="60/1m", key="customer_id")
+    assert notice(r)["notice"] == ["limit kind:heartbeat set; it applies to jobs enqueued from now on"]
+    [row] = store.limits()
+    assert (row.scope, row.concurrency, row.rate, row.per, row.key_path) == (
+        "kind:heartbeat", 2, 60, timedelta(minutes=1), ["customer_id"])  # fmt: skip
+    assert 'id="limit-kind:heartbeat"' in client.simulate_get("/queues").text
+    for form, error in [
+        ({"scope": "kind:heartbeat", "rate": "sixty"}, "rate 'sixty': write starts per period, e.g. 60/1m"),
+        ({"scope": "kind:heartbeat", "concurrency": "-1"}, "concurrency '-1': write a whole number of at least 1"),
+        ({"scope": "kind:heartbeat"}, "invalid limit: a limit needs a concurrency, a rate, or both"),
+        ({"scope": "nowhere", "concurrency": "1"}, "scope 'nowhere': must be kind:<kind> or queue:<queue>"),
+    ]:
+        assert notice(post_form(client, "/limits", csrf, **form))["error"] == [error], form
+    assert store.limits() == [row], "a refused form changes nothing"
+    assert notice(post_form(client, "/limits/kind:heartbeat/clear", csrf))["notice"] == ["limit kind:heartbeat cleared"]
+    assert store.limits() == []
+    assert notice(post_form(client, "/limits/kind:heartbeat/clear", csrf))["error"] == ["no limit on kind:heartbeat"]
+
+
 def test_the_schedules_page_shows_the_next_run_and_pauses(client: falcon.testing.TestClient, store: Store) -> None:
     declare(store)
     page = client.simulate_get("/schedules")

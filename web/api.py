@@ -144,11 +144,10 @@ class JobsResource(_Base):
 class JobResource(_Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: int) -> None:
         with store(self.pool) as s:
-            job = s.job(job_id)
-            if job is None:
-                raise falcon.HTTPNotFound(title="job not found", description=f"job {job_id} not found")
-            events = s.events_for_job(job_id)
-        resp.media = {"job": job.model_dump(mode="json"), "events": [e.model_dump(mode="json") for e in events]}
+            view = s.job_view(job_id)
+        if view is None:
+            raise falcon.HTTPNotFound(title="job not found", description=f"job {job_id} not found")
+        resp.media = view.model_dump(mode="json")  # the job, its events, its progress and its result
 
 
 NO_NUL = "^[^\u0000]*$"  # PostgreSQL text cannot hold NUL

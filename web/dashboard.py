@@ -86,13 +86,13 @@ class Failed(_Page):
 class JobPage(_Page):
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: int) -> None:
         with store(self.pool) as s:
-            job = s.job(job_id)
-            events = s.events_for_job(job_id) if job else []
-        if job is None:
+            view = s.job_view(job_id)
+        if view is None:
             resp.status = falcon.HTTP_404
             self.render(req, resp, "missing.html", job_id=job_id)
             return
-        self.render(req, resp, "job.html", job=job, entries=timeline(events), events=events)
+        self.render(req, resp, "job.html", job=view.job, entries=timeline(view.events), events=view.events,
+                    progress=view.progress, result=view.result)  # fmt: skip
 
 
 class JobAction(_Page):

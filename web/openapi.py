@@ -14,7 +14,18 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from ledger.kinds import SCHEDULE_NAME, Registry
-from ledger.models import QUEUE_PATTERN, RUN_AT, BulkResult, Event, Job, JobCount, JobRequest, QueueState, ThroughputRow
+from ledger.models import (
+    QUEUE_PATTERN,
+    RUN_AT,
+    BulkResult,
+    Event,
+    Job,
+    JobCount,
+    JobRequest,
+    JobView,
+    QueueState,
+    ThroughputRow,
+)
 from ledger.states import JobState
 
 from .api import ActionBody
@@ -148,6 +159,7 @@ def document(registry: Registry) -> dict[str, Any]:
         "JobRequest": _job_request(registry, defs),
         "Job": _schema(Job, defs),
         "Event": _schema(Event, defs),
+        "JobView": _schema(JobView, defs),
         "JobCount": _schema(JobCount, defs),
         "ActionBody": _schema(ActionBody, defs),
         "BulkBody": _bulk_body(defs),
@@ -237,11 +249,10 @@ def document(registry: Registry) -> dict[str, Any]:
                 },
             },
             "/api/jobs/{job_id}": {"get": {
-                "summary": "One job and its full event timeline",
+                "summary": "One job, its full event timeline, its latest progress and its result",
                 "parameters": [JOB_ID],
                 "responses": {
-                    "200": _resp("the job", {"type": "object", "required": ["job", "events"], "properties": {
-                        "job": job_ref, "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}}}),
+                    "200": _resp("the job", {"$ref": "#/components/schemas/JobView"}),
                     **_errors(401, 404, 429, 503),
                 },
             }},

@@ -17,15 +17,16 @@ from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 
 from ledger.cron import zone
+from ledger.durations import parse_rate
 from ledger.errors import InvalidArguments, LedgerError
 from ledger.kinds import format_validation_error
-from ledger.models import JobFilter
+from ledger.models import JobFilter, Limit
 from ledger.store import Store
 
 from .api import _int_param, action_body, parse_time, text_param
 from .chart import Chart, charts
 from .forms import local_path, read_form
-from .operators import FOLD_AT_MOST, check_queue, check_schedule, queue_views, schedule_views
+from .operators import FOLD_AT_MOST, check_queue, check_schedule, check_scope, queue_views, schedule_views
 from .pages import Page, env
 from .stores import store
 
@@ -111,8 +112,54 @@ class Queues(_Page):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         with store(self.pool) as s:
             queues = queue_views(s)
-            limits = [row for row in s.limits() if row.scope.startswith("kind:")]
-        self.render(req, resp, "queues.html", queues=queues, kind_limits=limits)
+            limits = s.limits()
+        self.render(req, resp, "queues.html", queues=queues, limits=limits)
+
+
+def _whole(form: dict[str, str], field: str) -> int | None:
+    text = (form.get(field) or "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or len(text) > 9:
+        raise InvalidArguments(f"{field} {text[:100]!r}: write a whole number of at least 1", [field])
+    return int(text)
+
+
+class LimitSet(_Page):
+    """POST /limits from the queues page: declare or change a scope's limit (the CLI's `ledger limit set`)."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        form = read_form(req)
+        try:
+            scope = check_scope((form.get("scope") or "").strip())
+            rate = (form.get("rate") or "").strip()
+            starts, per = parse_rate(rate) if rate else (None, None)
+            try:
+                limit = Limit(concurrency=_whole(form, "concurrency"), rate=starts, per=per,
+                              key=(form.get("key") or "").strip() or None)  # fmt: skip
+            except ValidationError as exc:
+                raise InvalidArguments(f"invalid limit: {format_validation_error(exc)}") from None
+            with store(self.pool) as s:
+                s.limit_set(scope, limit)
+            message = {"notice": f"limit {scope} set; it applies to jobs enqueued from now on"}
+        except LedgerError as exc:
+            message = {"error": str(exc)}
+        raise _back(req, form, "/queues", message)
+
+
+class LimitClear(_Page):
+    """POST /limits/{scope}/clear from the queues page (the CLI's `ledger limit clear`)."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, scope: str) -> None:
+        form = read_form(req)
+        try:
+            check_scope(scope)
+            with store(self.pool) as s:
+                cleared = s.limit_clear(scope)
+            message = {"notice": f"limit {scope} cleared"} if cleared else {"error": f"no limit on {scope}"}
+        except LedgerError as exc:
+            message = {"error": str(exc)}
+        raise _back(req, form, "/queues", message)
 
 
 class QueueAction(_Page):
@@ -189,6 +236,8 @@ def install(app: falcon.App[Any, Any], pool: ConnectionPool[Any]) -> None:
     app.add_route("/queues", Queues(pool))
     app.add_route("/queues/{queue}/pause", QueueAction(pool, True))
     app.add_route("/queues/{queue}/resume", QueueAction(pool, False))
+    app.add_route("/limits", LimitSet(pool))
+    app.add_route("/limits/{scope}/clear", LimitClear(pool))
     app.add_route("/schedules", Schedules(pool))
     app.add_route("/schedules/{name}/pause", ScheduleAction(pool, True))
     app.add_route("/schedules/{name}/resume", ScheduleAction(pool, False))

@@ -223,7 +223,7 @@ class LimitBody(BaseModel):
     key: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\u0000.]+(\.[^\u0000.]+)*$")] | None = None
 
 
-def _scope(scope: str) -> str:
+def check_scope(scope: str) -> str:
     return _check(scope, SCOPE_PATTERN, "scope", "must be kind:<kind> or queue:<queue>")
 
 
@@ -238,7 +238,7 @@ class LimitResource(_Base):
     """PUT declares (or changes) a scope's limit; DELETE removes it (404 when there is none)."""
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, scope: str) -> None:
-        _scope(scope)
+        check_scope(scope)
         body: LimitBody = _validated(LimitBody, _body(req))
         if body.concurrency is None and body.rate is None:
             raise InvalidArguments("concurrency: a limit needs a concurrency, a rate, or both", ["concurrency"])
@@ -251,7 +251,7 @@ class LimitResource(_Base):
         resp.media = {"limit": LimitView.of(row).model_dump(mode="json")}
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, scope: str) -> None:
-        _scope(scope)
+        check_scope(scope)
         with store(self.pool) as s:
             cleared = s.limit_clear(scope)
         if not cleared:

@@ -10,6 +10,7 @@ from datetime import timedelta
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ledger import defaults
 from ledger.durations import parse_duration
 from ledger.errors import InvalidArguments
 
@@ -71,7 +72,7 @@ class WorkerConfig(BaseSettings):
     """No LISTEN: for transaction-pooling proxies that cannot hold a listening session."""
     shutdown_timeout: float = Field(30.0, ge=0)
     """Seconds running jobs get to finish after SIGTERM/SIGINT before they are abandoned to the rescue."""
-    lease: float = Field(30.0, ge=2)
+    lease: float = Field(defaults.LEASE.total_seconds(), ge=2)
     """Seconds a worker's jobs stay safe from rescue without a heartbeat; renewed every lease/3."""
     heartbeat_every: float = Field(60.0, ge=1)
     """Period of the `heartbeat` job."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from datetime import timedelta
 from typing import Any
 
@@ -11,7 +10,8 @@ import typer
 from pydantic import ValidationError
 
 from ..console import fail
-from ..durations import parse_duration
+from ..durations import parse_rate
+from ..errors import InvalidArguments
 from ..kinds import format_validation_error
 from ..models import Limit
 from .base import app, friendly, operator, store
@@ -84,14 +84,11 @@ def queues(as_json: bool = typer.Option(False, "--json", help="One JSON array.")
         typer.echo(f"{r['queue']}: {state}{why}; {jobs}{limit}")
 
 
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\S+)\s*$")
-
-
 def _rate(text: str) -> tuple[int, timedelta]:
-    match = _RATE.match(text)
-    if not match:
-        fail(f"--rate {text!r}: write starts per period, e.g. 60/1m", 2)
-    return int(match.group(1)), parse_duration(match.group(2), "rate")
+    try:
+        return parse_rate(text, "--rate")
+    except InvalidArguments as exc:
+        fail(str(exc), 2)
 
 
 def _limit_text(concurrency: int | None, rate: int | None, per: timedelta | None, key: list[str] | None) -> str:

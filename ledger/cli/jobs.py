@@ -136,26 +136,19 @@ def show(
 ) -> None:
     """One job: its current state and its full event timeline (tracebacks as indented blocks)."""
     with store() as s:
-        job = s.job(job_id)
-        if job is None:
-            fail(f"job {job_id} not found")
-        events = s.events_for_job(job_id)
-        progress = s.progress(job_id)
-    result = next((e.data["result"] for e in reversed(events) if e.type == "succeeded" and "result" in e.data), None)
+        view = s.job_view(job_id)
+    if view is None:
+        fail(f"job {job_id} not found")
     if as_json:
-        typer.echo(json.dumps({
-            "job": job.model_dump(mode="json"), "events": [e.model_dump(mode="json") for e in events],
-            "progress": None if progress is None else {**progress, "at": progress["at"].isoformat()},
-            "result": result,
-        }))  # fmt: skip
+        typer.echo(view.model_dump_json())
         return
     extra = []
-    if progress is not None:
-        extra.append(f"  progress: {json.dumps(progress['value'])} (attempt {progress['attempt']}, "
-                     f"at {progress['at'].isoformat(timespec='milliseconds')})")  # fmt: skip
-    if result is not None:
-        extra.append(f"  result: {json.dumps(result)}")
-    lines = [*_job_header(job), *extra, "timeline:", *(line for e in events for line in _event_lines(e))]
+    if (progress := view.progress) is not None:
+        extra.append(f"  progress: {json.dumps(progress.value)} (attempt {progress.attempt}, "
+                     f"at {progress.at.isoformat(timespec='milliseconds')})")  # fmt: skip
+    if view.result is not None:
+        extra.append(f"  result: {json.dumps(view.result)}")
+    lines = [*_job_header(view.job), *extra, "timeline:", *(line for e in view.events for line in _event_lines(e))]
     typer.echo("\n".join(lines))
 
 

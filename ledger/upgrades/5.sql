@@ -1,0 +1,5 @@
+-- Upgrade a version-4 ledger to version 5: no table changes. `ledger migrate`
+-- re-creates every function from schema.sql, which is all this version needs:
+-- a lost claim's `rescued` event gives its attempt back (ledger.fold), and
+-- ledger.job_claim and ledger.job_succeed_many are planned once per session
+-- (docs/design.md, "Planned once per session, not per call").
