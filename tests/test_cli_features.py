@@ -86,4 +86,4 @@ def test_stats_and_metrics_name_the_due_jobs_no_live_worker_can_run(db_url: str,
     ]
     with ConnectionPool(db_url, min_size=1, kwargs={"autocommit": True, "row_factory": dict_row}) as pool:
         metrics = client_for(pool).simulate_get("/metrics").text
-    assert 'ledger_jobs_unserved{queue="default",kind="always_fail"} 3.0' in metrics, metrics
+    assert 'ledger_jobs_unserved{kind="always_fail",queue="default"} 3.0' in metrics, metrics

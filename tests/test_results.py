@@ -93,7 +93,9 @@ def test_wait_is_woken_by_the_end_not_by_a_poll_and_raises_for_a_job_that_failed
 def test_a_handler_reports_progress_that_ledger_show_the_api_and_the_job_page_show(
     db_url: str, store: Store, worker: WorkerProcess
 ) -> None:
-    pool: ConnectionPool[Any] = ConnectionPool(db_url, min_size=1, kwargs={"autocommit": True, "row_factory": dict_row})
+    pool: ConnectionPool[Any] = ConnectionPool(
+        db_url, min_size=1, open=True, kwargs={"autocommit": True, "row_factory": dict_row}
+    )
     web = client_for(pool)
     [job] = store.enqueue_many([("steps", {}, "default", 5, 1, None)])
     wait_until(lambda: (p := store.progress(job)) is not None and p["value"]["done"] >= 2, 30, "progress")

@@ -134,8 +134,11 @@ class LimitSet(_Page):
             scope = check_scope((form.get("scope") or "").strip())
             rate = (form.get("rate") or "").strip()
             starts, per = parse_rate(rate) if rate else (None, None)
+            concurrency = _whole(form, "concurrency")
+            if concurrency is None and starts is None:
+                raise InvalidArguments("concurrency: a limit needs a concurrency, a rate, or both", ["concurrency"])
             try:
-                limit = Limit(concurrency=_whole(form, "concurrency"), rate=starts, per=per,
+                limit = Limit(concurrency=concurrency, rate=starts, per=per,
                               key=(form.get("key") or "").strip() or None)  # fmt: skip
             except ValidationError as exc:
                 raise InvalidArguments(f"invalid limit: {format_validation_error(exc)}") from None
