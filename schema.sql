@@ -780,14 +780,27 @@ BEGIN
                      || CASE WHEN uk IS NULL THEN '{}'
                              ELSE jsonb_build_object('unique_key', uk, 'unique_states', to_jsonb(us)) END AS d
               FROM input) AS i
-    ), new_jobs AS (
+    -- Two inserts, one of which gets no rows: ON CONFLICT makes every row a
+    -- speculative insertion (a token, and a WAL record to confirm it) even when
+    -- the row is outside the partial index; a batch without unique keys wrote
+    -- 49 more bytes of WAL a job and took ~5% longer (python -m bench.enqueue).
+    ), plain_jobs AS (
         INSERT INTO ledger.jobs
         SELECT e.id, k, q, p, a,
                CASE WHEN r <= now() THEN 'available' ELSE 'scheduled' END::ledger.job_state,
                0, m, r, NULL, NULL, now(), NULL, NULL, now(), 1, h, lk, uk, us
-        FROM enqueued e
+        FROM enqueued e WHERE NOT uniq
+        RETURNING ledger.jobs.id
+    ), unique_jobs AS (
+        INSERT INTO ledger.jobs
+        SELECT e.id, k, q, p, a,
+               CASE WHEN r <= now() THEN 'available' ELSE 'scheduled' END::ledger.job_state,
+               0, m, r, NULL, NULL, now(), NULL, NULL, now(), 1, h, lk, uk, us
+        FROM enqueued e WHERE uniq
         ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states) DO NOTHING
         RETURNING ledger.jobs.id
+    ), new_jobs AS (
+        SELECT plain_jobs.id FROM plain_jobs UNION ALL SELECT unique_jobs.id FROM unique_jobs
     ), new_events AS (
         INSERT INTO ledger.events (job_id, version, type, at, data, metadata, hash)
         SELECT e.id, 1, 'enqueued', now(), d, meta, h
