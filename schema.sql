@@ -745,6 +745,16 @@ BEGIN
         RAISE EXCEPTION 'job_enqueue_many: kinds, args, queues, priorities, max_attempts, run_ats (and the unique arrays) must have the same length'
             USING ERRCODE = 'LG004';
     END IF;
+    -- A rule's states include every active one: a job moves among them without an enqueue,
+    -- and one coming back into the rule could meet another job holding its key.
+    IF uniq AND EXISTS (
+        SELECT 1 FROM unnest(unique_keys, unique_state_lists) AS u(k, s)
+        WHERE u.k IS NOT NULL
+          AND NOT string_to_array(u.s, ',')::ledger.job_state[] @> '{available,scheduled,retryable,running}'
+    ) THEN
+        RAISE EXCEPTION 'unique states must include every active state (available, retryable, running, scheduled)'
+            USING ERRCODE = 'LG004';
+    END IF;
     SELECT c.problem INTO problem
     FROM (SELECT ledger._enqueue_problem(t.k, t.a, t.q, t.p, t.m) AS problem, t.ord
           FROM unnest(kinds, args, queues, priorities, max_attempts) WITH ORDINALITY AS t(k, a, q, p, m, ord)) AS c

@@ -90,6 +90,9 @@ NO_NUL = "^[^\u0000]*$"  # PostgreSQL text cannot hold NUL
 ACTIVE_STATES = frozenset({JobState.SCHEDULED, JobState.AVAILABLE, JobState.RUNNING, JobState.RETRYABLE})
 
 
+_ACTIVE_NAMES = sorted(s.value for s in ACTIVE_STATES)
+
+
 def _no_repeats(value: Any) -> Any:
     # A set in Python; in JSON a list the document says holds each state once: say so, do not fold.
     if isinstance(value, list) and len(value) != len({str(v) for v in value}):
@@ -140,7 +143,22 @@ class Unique(BaseModel):
     args: StrictBool | list[str] = True  # strict: 1 is not True (the API's document says boolean)
     by_queue: StrictBool = False
     period: Seconds | None = None
-    states: Annotated[frozenset[JobState], Field(min_length=1), BeforeValidator(_no_repeats)] = ACTIVE_STATES
+    states: Annotated[
+        frozenset[JobState],
+        Field(min_length=1, json_schema_extra={"allOf": [{"contains": {"const": s}} for s in _ACTIVE_NAMES]}),
+        BeforeValidator(_no_repeats),
+    ] = ACTIVE_STATES
+
+    @field_validator("states")
+    @classmethod
+    def _active_included(cls, states: frozenset[JobState]) -> frozenset[JobState]:
+        # A job moves among the active states without an enqueue: were one left out, a retry or a
+        # claim could bring a job back into the rule while another holds its key (as River requires).
+        missing = ACTIVE_STATES - states
+        if missing:
+            names = ", ".join(sorted(s.value for s in missing))
+            raise ValueError(f"must include every active state (available, retryable, running, scheduled): no {names}")
+        return states
 
 
 class JobRequest(TypedDict):

@@ -94,9 +94,11 @@ def test_a_refused_job_is_reported_and_the_others_are_replayed(
 ) -> None:
     ids = discarded(store, 3)
     # Give the second a unique key that a newer job now holds: its replay would make two.
-    conn.execute("UPDATE ledger.jobs SET unique_key = 'k1', unique_states = '{available,running}' WHERE id = %s",
-                 [ids[1]])  # fmt: skip
-    [holder] = store.enqueue_many([("export", {}, "q", 5, 1, None)], unique=[("k1", None, ["available", "running"])])
+    conn.execute("UPDATE ledger.jobs SET unique_key = 'k1', unique_states = %s WHERE id = %s",
+                 ["{available,scheduled,retryable,running}", ids[1]])  # fmt: skip
+    [holder] = store.enqueue_many(
+        [("export", {}, "q", 5, 1, None)], unique=[("k1", None, ["available", "scheduled", "retryable", "running"])]
+    )
     out = ledger("replay", "--kind", "export", "--reason", "again", url=db_url)
     assert out.returncode == 1
     lines = out.stdout.splitlines()

@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from ledger.db import connect
-from ledger.errors import IllegalTransition
+from ledger.errors import IllegalTransition, InvalidArguments
+from ledger.models import JobState, Unique
 from ledger.store import Store
 
 from .threads import new_barrier, run_threads
@@ -51,11 +53,22 @@ def test_a_period_makes_the_key_one_per_period(store: Store) -> None:
     # Including finished states keeps a job that ran this hour from running again this hour.
     store.claim("q", 1, "w")
     store.succeed(a)
-    with_done = ("available", "running", "succeeded")
+    with_done = (*ACTIVE, "succeeded")
     b = one(store, "k|key:e", period=timedelta(hours=1), states=with_done)
     store.claim("q", 1, "w")
     store.succeed(b)
     assert one(store, "k|key:e", period=timedelta(hours=1), states=with_done) == b
+
+
+def test_a_rule_must_keep_every_active_state_in_python_and_in_the_database(store: Store) -> None:
+    # Found by the API fuzz test: two jobs of one key whose rule named only `cancelled` were both
+    # outside the index until a bulk cancel brought them in together, and the cancel failed.
+    with pytest.raises(ValidationError, match=r"must include every active state.*no retryable, running, scheduled"):
+        Unique(key="k", states={JobState.AVAILABLE, JobState.CANCELLED})
+    Unique(key="k", states={*JobState})  # the finished states may be added
+    with pytest.raises(InvalidArguments, match="unique states must include every active state"):
+        one(store, "k|key:f", states=("available", "cancelled"))
+    assert store.jobs(limit=10) == [], "refused whole"
 
 
 def test_racing_enqueues_on_many_connections_make_one_job(db_url: str, store: Store) -> None:
