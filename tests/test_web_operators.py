@@ -263,6 +263,7 @@ def test_the_queues_page_sets_and_clears_limits_and_refuses_a_bad_one_naming_the
     for form, error in [
         ({"scope": "kind:heartbeat", "rate": "sixty"}, "rate 'sixty': write starts per period, e.g. 60/1m"),
         ({"scope": "kind:heartbeat", "concurrency": "-1"}, "concurrency '-1': write a whole number of at least 1"),
+        ({"scope": "kind:heartbeat", "concurrency": "²"}, "concurrency '²': write a whole number of at least 1"),
         ({"scope": "kind:heartbeat"}, "concurrency: a limit needs a concurrency, a rate, or both"),
         ({"scope": "nowhere", "concurrency": "1"}, "scope 'nowhere': must be kind:<kind> or queue:<queue>"),
     ]:

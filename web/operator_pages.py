@@ -120,7 +120,7 @@ def _whole(form: dict[str, str], field: str) -> int | None:
     text = (form.get(field) or "").strip()
     if not text:
         return None
-    if not text.isdigit() or len(text) > 9:
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:  # "²".isdigit() is True
         raise InvalidArguments(f"{field} {text[:100]!r}: write a whole number of at least 1", [field])
     return int(text)
 
