@@ -29,6 +29,9 @@ from ledger.migrate import migrate
 from ledger.settings import Settings
 from ledger.store import Store
 
+from .jobapp import SIDE_TABLE
+from .workers import WorkerProcess
+
 _counter = itertools.count()
 
 
@@ -146,6 +149,22 @@ def conn(db_url: str) -> Iterator[psycopg.Connection[DictRow]]:
 @pytest.fixture
 def store(conn: psycopg.Connection[DictRow]) -> Store:
     return Store(conn)
+
+
+@pytest.fixture
+def side(conn: psycopg.Connection[DictRow]) -> psycopg.Connection[DictRow]:
+    """The test's connection, with tests/jobapp.py's side table (where job bodies record what they did)."""
+    conn.execute(SIDE_TABLE)
+    return conn
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    """Worker processes a test starts (append them): killed at its end, whatever happened."""
+    started: list[WorkerProcess] = []
+    yield started
+    for w in started:
+        w.kill()
 
 
 def count_events(conn: psycopg.Connection[DictRow]) -> int:

@@ -23,7 +23,6 @@ from psycopg.rows import DictRow
 from ledger.db import TCP_DEFAULTS, connect, connection_options
 from ledger.store import Store
 
-from .jobapp import SIDE_TABLE
 from .netns import Forwarder, Host, unavailable
 from .workers import WorkerProcess, wait_until
 
@@ -63,20 +62,6 @@ def fleet(db_url: str) -> Iterator[tuple[Forwarder, list[Host]]]:
             host.heal()
             host.remove()
         forwarder.close()
-
-
-@pytest.fixture
-def side(conn: psycopg.Connection[DictRow]) -> psycopg.Connection[DictRow]:
-    conn.execute(SIDE_TABLE)
-    return conn
-
-
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for w in started:
-        w.kill()
 
 
 def test_a_partitioned_workers_jobs_are_rescued_its_late_outcomes_refused_and_it_carries_on_after_the_heal(

@@ -26,7 +26,6 @@ from ledger.client import AsyncClient, Client
 from ledger.db import PREPARE_THRESHOLD, connect, through_pooler
 from ledger.store import Store
 
-from .jobapp import SIDE_TABLE
 from .pgbouncer import PgBouncer
 from .servers import Gunicorn, http_get
 from .test_cli import ledger
@@ -46,20 +45,6 @@ def bouncer(db_url: str, tmp_path: Path) -> Iterator[PgBouncer]:
 def via(bouncer: PgBouncer, db_url: str) -> str:
     """The test's database, through PgBouncer."""
     return bouncer.url(db_url)
-
-
-@pytest.fixture
-def side(conn: psycopg.Connection[DictRow]) -> psycopg.Connection[DictRow]:
-    conn.execute(SIDE_TABLE)
-    return conn
-
-
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for w in started:
-        w.kill()
 
 
 def states(store: Store, ids: list[int]) -> Counter[str]:

@@ -6,7 +6,6 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -22,20 +21,6 @@ from .test_cli import ledger
 from .workers import WorkerProcess, wait_until
 
 QUIET = ["--heartbeat-every", "3600", "--rescue-every", "3600"]
-
-
-@pytest.fixture
-def side(conn: psycopg.Connection[DictRow]) -> psycopg.Connection[DictRow]:
-    conn.execute(SIDE_TABLE)
-    return conn
-
-
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for w in started:
-        w.kill()
 
 
 def enqueue(store: Store, kind: str, n: int = 1, args: dict[str, object] | None = None, attempts: int = 5) -> list[int]:
