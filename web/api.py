@@ -27,6 +27,7 @@ __all__ = [
     "JobResource",
     "JobsResource",
     "action_body",
+    "form_reason",
     "list_params",
     "parse_time",
     "text_param",
@@ -170,6 +171,11 @@ def action_body(data: Any) -> ActionBody:
         raise InvalidArguments(f"invalid body: {format_validation_error(exc)}", error_fields(exc)) from None
     check_json(body.model_dump(), "(body)")
     return body
+
+
+def form_reason(form: dict[str, str]) -> str | None:
+    """A dashboard form's reason, by the API's rules (ActionBody: length, no NUL); None when blank."""
+    return action_body({"reason": form.get("reason") or None}).reason
 
 
 class JobActionResource(_Base):

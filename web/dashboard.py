@@ -14,8 +14,8 @@ from ledger.errors import LedgerError
 from ledger.models import JobFilter
 from ledger.states import JobState
 
-from .api import JOB_ID, action_body, list_params
-from .forms import local_path, read_form
+from .api import JOB_ID, form_reason, list_params
+from .forms import form_post
 from .operator_pages import install as install_operator_pages
 from .operator_pages import throughput_charts
 from .pages import Page
@@ -103,21 +103,16 @@ class JobAction(_Page):
         self.action = action
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: int) -> None:
-        form = read_form(req)
-        back = local_path(form.get("next"), f"/jobs/{job_id}")
-        try:
-            # The API's rules for the reason (length, no NUL), stated once in api.ActionBody.
-            reason = action_body({"reason": form.get("reason") or None}).reason
+        def act(form: dict[str, str]) -> str:
+            reason = form_reason(form)
             with store(self.pool) as s:
                 if self.action == "replay":
                     s.replay(job_id, actor="dashboard", reason=reason, metadata={"via": "dashboard"})
                 else:
                     s.cancel(job_id, reason, metadata={"via": "dashboard", "by": "dashboard"})
-            message = {"notice": f"job {job_id} {'replayed' if self.action == 'replay' else 'cancelled'}"}
-        except LedgerError as exc:
-            message = {"error": str(exc)}
-        sep = "&" if "?" in back else "?"
-        raise falcon.HTTPSeeOther(back + sep + urlencode(message))
+            return f"job {job_id} {'replayed' if self.action == 'replay' else 'cancelled'}"
+
+        form_post(req, f"/jobs/{job_id}", act)
 
 
 class Dashboard:

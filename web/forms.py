@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from collections.abc import Callable
+from typing import Any, NoReturn
+from urllib.parse import unquote, urlencode, urlsplit
 
 import falcon
 
-from ledger.errors import InvalidArguments
+from ledger.errors import InvalidArguments, LedgerError
 
-__all__ = ["FORM", "local_path", "read_form"]
+__all__ = ["FORM", "form_post", "local_path", "read_form"]
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -65,3 +66,16 @@ def local_path(value: Any, fallback: str) -> str:
     if parts.scheme or parts.netloc:
         return fallback
     return value
+
+
+def form_post(req: falcon.Request, fallback: str, act: Callable[[dict[str, str]], str]) -> NoReturn:
+    """A dashboard form post: `act` does it and says what it did (a notice) or refuses (a
+    LedgerError, shown as the error); either way, 303 back to the form's `next` page (local
+    only) or `fallback`."""
+    form = read_form(req)
+    try:
+        message = {"notice": act(form)}
+    except LedgerError as exc:
+        message = {"error": str(exc)}
+    back = local_path(form.get("next"), fallback)
+    raise falcon.HTTPSeeOther(back + ("&" if "?" in back else "?") + urlencode(message))

@@ -18,14 +18,14 @@ from pydantic import ValidationError
 
 from ledger.cron import zone
 from ledger.durations import parse_rate
-from ledger.errors import InvalidArguments, LedgerError
+from ledger.errors import InvalidArguments, LedgerError, NotFound
 from ledger.kinds import format_validation_error
 from ledger.models import JobFilter, Limit
 from ledger.store import Store
 
-from .api import _int_param, action_body, parse_time, text_param
+from .api import _int_param, form_reason, parse_time, text_param
 from .chart import Chart, charts
-from .forms import local_path, read_form
+from .forms import form_post
 from .operators import FOLD_AT_MOST, check_queue, check_schedule, check_scope, queue_views, schedule_views
 from .pages import Page, env
 from .stores import store
@@ -61,11 +61,6 @@ class _Page(Page):
         self.pool = pool
 
 
-def _back(req: falcon.Request, form: dict[str, str], fallback: str, message: dict[str, str]) -> falcon.HTTPSeeOther:
-    back = local_path(form.get("next"), fallback)
-    return falcon.HTTPSeeOther(back + ("&" if "?" in back else "?") + urlencode(message))
-
-
 # ---------------------------------------------------------------- the failed list: replay all that match
 
 
@@ -73,36 +68,34 @@ class FailedReplayAll(_Page):
     """POST /failed/replay: replay every dead letter matching the form's filter, as one act (a batch)."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        form = read_form(req)
+        form_post(req, "/failed", self.replay_all)
+
+    def replay_all(self, form: dict[str, str]) -> str:
         try:
-            try:
-                match = JobFilter(
-                    kind=form.get("kind") or None, queue=form.get("queue") or None,
-                    since=parse_time((form.get("since") or "")[:200] or None, "since", durations=True),
-                    error_like=form.get("error_like") or None, search=form.get("search") or None,
-                )  # fmt: skip
-            except ValidationError as exc:
-                raise InvalidArguments(f"invalid filter: {format_validation_error(exc)}") from None
-            if match.empty:
-                raise InvalidArguments("choose a filter first: replaying all dead letters at once takes one")
-            reason = action_body({"reason": form.get("reason") or None}).reason
-            if not reason:
-                raise InvalidArguments("reason: say why (it is recorded in every replayed job's history)")
-            dry_run = form.get("dry_run") == "1"
-            with store(self.pool) as s:
-                result = s.jobs_bulk("replay", match, reason=reason, actor="dashboard", via="dashboard",
-                                     dry_run=dry_run)  # fmt: skip
-            if dry_run:
-                text = f"would replay {len(result.done)} job(s); nothing changed (preview)"
-            else:
-                text = f"replayed {len(result.done)} job(s) in batch {result.batch}"
-            if result.refused:
-                refused = "; ".join(f"{r['reason']}" for r in result.refused[:3])
-                text += f"; {len(result.refused)} refused: {refused}"
-            message = {"notice": text}
-        except LedgerError as exc:
-            message = {"error": str(exc)}
-        raise _back(req, form, "/failed", message)
+            match = JobFilter(
+                kind=form.get("kind") or None, queue=form.get("queue") or None,
+                since=parse_time((form.get("since") or "")[:200] or None, "since", durations=True),
+                error_like=form.get("error_like") or None, search=form.get("search") or None,
+            )  # fmt: skip
+        except ValidationError as exc:
+            raise InvalidArguments(f"invalid filter: {format_validation_error(exc)}") from None
+        if match.empty:
+            raise InvalidArguments("choose a filter first: replaying all dead letters at once takes one")
+        reason = form_reason(form)
+        if not reason:
+            raise InvalidArguments("reason: say why (it is recorded in every replayed job's history)")
+        dry_run = form.get("dry_run") == "1"
+        with store(self.pool) as s:
+            result = s.jobs_bulk("replay", match, reason=reason, actor="dashboard", via="dashboard",
+                                 dry_run=dry_run)  # fmt: skip
+        if dry_run:
+            text = f"would replay {len(result.done)} job(s); nothing changed (preview)"
+        else:
+            text = f"replayed {len(result.done)} job(s) in batch {result.batch}"
+        if result.refused:
+            refused = "; ".join(f"{r['reason']}" for r in result.refused[:3])
+            text += f"; {len(result.refused)} refused: {refused}"
+        return text
 
 
 # ---------------------------------------------------------------- queues
@@ -129,60 +122,56 @@ class LimitSet(_Page):
     """POST /limits from the queues page: declare or change a scope's limit (the CLI's `ledger limit set`)."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        form = read_form(req)
+        form_post(req, "/queues", self.set)
+
+    def set(self, form: dict[str, str]) -> str:
+        scope = check_scope((form.get("scope") or "").strip())
+        rate = (form.get("rate") or "").strip()
+        starts, per = parse_rate(rate) if rate else (None, None)
+        concurrency = _whole(form, "concurrency")
+        if concurrency is None and starts is None:
+            raise InvalidArguments("concurrency: a limit needs a concurrency, a rate, or both", ["concurrency"])
         try:
-            scope = check_scope((form.get("scope") or "").strip())
-            rate = (form.get("rate") or "").strip()
-            starts, per = parse_rate(rate) if rate else (None, None)
-            concurrency = _whole(form, "concurrency")
-            if concurrency is None and starts is None:
-                raise InvalidArguments("concurrency: a limit needs a concurrency, a rate, or both", ["concurrency"])
-            try:
-                limit = Limit(concurrency=concurrency, rate=starts, per=per,
-                              key=(form.get("key") or "").strip() or None)  # fmt: skip
-            except ValidationError as exc:
-                raise InvalidArguments(f"invalid limit: {format_validation_error(exc)}") from None
-            with store(self.pool) as s:
-                s.limit_set(scope, limit)
-            message = {"notice": f"limit {scope} set; it applies to jobs enqueued from now on"}
-        except LedgerError as exc:
-            message = {"error": str(exc)}
-        raise _back(req, form, "/queues", message)
+            limit = Limit(concurrency=concurrency, rate=starts, per=per, key=(form.get("key") or "").strip() or None)
+        except ValidationError as exc:
+            raise InvalidArguments(f"invalid limit: {format_validation_error(exc)}") from None
+        with store(self.pool) as s:
+            s.limit_set(scope, limit)
+        return f"limit {scope} set; it applies to jobs enqueued from now on"
 
 
 class LimitClear(_Page):
     """POST /limits/{scope}/clear from the queues page (the CLI's `ledger limit clear`)."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, scope: str) -> None:
-        form = read_form(req)
-        try:
+        def clear(form: dict[str, str]) -> str:
             check_scope(scope)
             with store(self.pool) as s:
-                cleared = s.limit_clear(scope)
-            message = {"notice": f"limit {scope} cleared"} if cleared else {"error": f"no limit on {scope}"}
-        except LedgerError as exc:
-            message = {"error": str(exc)}
-        raise _back(req, form, "/queues", message)
+                if not s.limit_clear(scope):
+                    raise NotFound(f"no limit on {scope}")
+            return f"limit {scope} cleared"
+
+        form_post(req, "/queues", clear)
 
 
-class QueueAction(_Page):
-    """POST /queues/{queue}/pause|resume from the queues page."""
+class PauseAction(_Page):
+    """POST /queues/{name}/pause|resume and /schedules/{name}/pause|resume, from their pages."""
 
-    def __init__(self, pool: ConnectionPool[Any], paused: bool) -> None:
+    def __init__(self, pool: ConnectionPool[Any], what: str, paused: bool) -> None:
         super().__init__(pool)
-        self.paused = paused
+        self.what, self.paused = what, paused
+        self.check = check_queue if what == "queue" else check_schedule
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response, queue: str) -> None:
-        form = read_form(req)
-        try:
-            check_queue(queue)
-            reason = action_body({"reason": form.get("reason") or None}).reason
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        def act(form: dict[str, str]) -> str:
+            self.check(name)
+            reason = form_reason(form)
             with store(self.pool) as s:
-                s.queue_set_paused(queue, self.paused, actor="dashboard", reason=reason)
-            message = {"notice": f"queue {queue} {'paused' if self.paused else 'resumed'}"}
-        except LedgerError as exc:
-            message = {"error": str(exc)}
-        raise _back(req, form, "/queues", message)
+                set_paused = s.queue_set_paused if self.what == "queue" else s.schedule_set_paused
+                set_paused(name, self.paused, actor="dashboard", reason=reason)
+            return f"{self.what} {name} {'paused' if self.paused else 'resumed'}"
+
+        form_post(req, f"/{self.what}s", act)
 
 
 # ---------------------------------------------------------------- schedules
@@ -194,26 +183,6 @@ class Schedules(_Page):
             schedules = schedule_views(s)
             history = s.schedule_events(limit=30)
         self.render(req, resp, "schedules.html", schedules=schedules, history=history)
-
-
-class ScheduleAction(_Page):
-    """POST /schedules/{name}/pause|resume from the schedules page."""
-
-    def __init__(self, pool: ConnectionPool[Any], paused: bool) -> None:
-        super().__init__(pool)
-        self.paused = paused
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
-        form = read_form(req)
-        try:
-            check_schedule(name)
-            reason = action_body({"reason": form.get("reason") or None}).reason
-            with store(self.pool) as s:
-                s.schedule_set_paused(name, self.paused, actor="dashboard", reason=reason)
-            message = {"notice": f"schedule {name} {'paused' if self.paused else 'resumed'}"}
-        except LedgerError as exc:
-            message = {"error": str(exc)}
-        raise _back(req, form, "/schedules", message)
 
 
 # ---------------------------------------------------------------- activity
@@ -237,11 +206,11 @@ def install(app: falcon.App[Any, Any], pool: ConnectionPool[Any]) -> None:
     """Add these pages' routes (queue names and schedule names are path-safe by their rules)."""
     app.add_route("/failed/replay", FailedReplayAll(pool))
     app.add_route("/queues", Queues(pool))
-    app.add_route("/queues/{queue}/pause", QueueAction(pool, True))
-    app.add_route("/queues/{queue}/resume", QueueAction(pool, False))
+    app.add_route("/queues/{name}/pause", PauseAction(pool, "queue", True))
+    app.add_route("/queues/{name}/resume", PauseAction(pool, "queue", False))
     app.add_route("/limits", LimitSet(pool))
     app.add_route("/limits/{scope}/clear", LimitClear(pool))
     app.add_route("/schedules", Schedules(pool))
-    app.add_route("/schedules/{name}/pause", ScheduleAction(pool, True))
-    app.add_route("/schedules/{name}/resume", ScheduleAction(pool, False))
+    app.add_route("/schedules/{name}/pause", PauseAction(pool, "schedule", True))
+    app.add_route("/schedules/{name}/resume", PauseAction(pool, "schedule", False))
     app.add_route("/activity", Activity(pool))
