@@ -668,6 +668,14 @@ END $$;
 -- jobs), and the messages are formatted only for a bad row. The lengths are
 -- checked apart from the patterns: a bounded repeat ({0,99}) made each match
 -- ~5x slower (2.8 against 0.6 us per row, measured here).
+-- A queue name's rule, for the enqueue's check and for a pause: the message, or NULL.
+CREATE FUNCTION ledger._queue_problem(queue text)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN queue IS NULL OR length(queue) > 50 OR queue !~ '^[A-Za-z0-9_.:-]+$' THEN
+        format('queue %s: must be 1-50 letters, digits, or _ . : -', quote_nullable(queue))
+    END
+$$;
+
 CREATE FUNCTION ledger._enqueue_problem(kind text, args jsonb, queue text, priority int, max_attempts int)
 RETURNS text LANGUAGE sql STABLE AS $$
     SELECT CASE
@@ -676,8 +684,7 @@ RETURNS text LANGUAGE sql STABLE AS $$
                    quote_nullable(kind))
         WHEN args IS NULL OR jsonb_typeof(args) <> 'object' THEN
             'args: must be a JSON object'
-        WHEN queue IS NULL OR length(queue) > 50 OR queue !~ '^[A-Za-z0-9_.:-]+$' THEN
-            format('queue %s: must be 1-50 letters, digits, or _ . : -', quote_nullable(queue))
+        WHEN ledger._queue_problem(queue) IS NOT NULL THEN ledger._queue_problem(queue)
         WHEN priority IS NULL OR priority NOT BETWEEN 0 AND 9 THEN
             format('priority %s: must be between 0 (first) and 9 (last)', coalesce(priority::text, '<NULL>'))
         WHEN max_attempts IS NULL OR max_attempts NOT BETWEEN 1 AND 1000 THEN
@@ -1543,8 +1550,8 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q ledger.queue_state;
 BEGIN
-    IF queue IS NULL OR length(queue) > 50 OR queue !~ '^[A-Za-z0-9_.:-]+$' THEN
-        RAISE EXCEPTION 'queue %: must be 1-50 letters, digits, or _ . : -', quote_nullable(queue) USING ERRCODE = 'LG004';
+    IF ledger._queue_problem(queue) IS NOT NULL THEN
+        RAISE EXCEPTION '%', ledger._queue_problem(queue) USING ERRCODE = 'LG004';
     END IF;
     SELECT * INTO q FROM ledger.queue_state s WHERE s.queue = queue_set_paused.queue FOR UPDATE;
     IF NOT paused AND NOT coalesce(q.paused, false) THEN
