@@ -14,13 +14,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from bench.cost import ServerMeter
-from bench.harness import as_url, count_until_done, go, stop, system
+from bench.harness import as_url, drain_filled, system
 from ledger.db import database_url
 
 JOBS = 20_000
@@ -42,21 +40,11 @@ def main() -> None:
                                env={**os.environ, "DATABASE_URL": owner_url}, capture_output=True)  # fmt: skip
                 url = as_url(make_conninfo(owner_url, user="bench_app"))
             enqueued = peer.call(url, "enqueue_batch", str(JOBS), "1000")["rate"]
-            procs = peer.workers(url, 1)
-            with psycopg.connect(owner_url, autocommit=True) as conn:
-                meter = ServerMeter(server, f"bench_{peer.name}", [p.pid for p in procs], conn.info.backend_pid)
-                meter.start()
-                started = time.perf_counter()
-                go(procs)
-                done, polls = count_until_done(peer, conn, JOBS, meter, started + 300)
-                elapsed = time.perf_counter() - started
-                meter.stop()
-            stop(procs)
-            cost = meter.finish(own_statements=polls)
+            drained = drain_filled(peer, server, url, JOBS, 1, count_url=owner_url)
             results.setdefault(f"batch enqueue, {role}", []).append(enqueued)
-            results.setdefault(f"drain, {role}", []).append(done / elapsed)
-            if cost["pg_cpu_s"] is not None:
-                results.setdefault(f"drain PostgreSQL CPU us/job, {role}", []).append(cost["pg_cpu_s"] / JOBS * 1e6)
+            results.setdefault(f"drain, {role}", []).append(drained["rate"])
+            if drained["pg_cpu_s"] is not None:
+                results.setdefault(f"drain PostgreSQL CPU us/job, {role}", []).append(drained["pg_cpu_s"] / JOBS * 1e6)
     for name, values in results.items():
         print(f"{name}: median {statistics.median(values):,.0f}  runs {[round(v) for v in values]}")
 

@@ -181,8 +181,16 @@ def drain(system: System, server: str, jobs: int, processes: int) -> dict[str, A
     """
     url = system.fresh(server)
     system.call(url, "fill", str(jobs))
+    return drain_filled(system, server, url, jobs, processes)
+
+
+def drain_filled(
+    system: System, server: str, url: str, jobs: int, processes: int, count_url: str | None = None
+) -> dict[str, Any]:
+    """drain() of a database already holding the `jobs` jobs; the workers connect to `url`, the
+    count to `count_url` (default `url`: a role that cannot read the tables counts as another)."""
     procs = system.workers(url, processes)
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(count_url or url, autocommit=True) as conn:
         meter = ServerMeter(server, f"bench_{system.name}", [p.pid for p in procs], conn.info.backend_pid)
         meter.start()
         started = time.perf_counter()
