@@ -20,13 +20,21 @@ from ledger.cron import zone
 from ledger.durations import parse_rate
 from ledger.errors import InvalidArguments, LedgerError, NotFound
 from ledger.kinds import format_validation_error
-from ledger.models import JobFilter, Limit
+from ledger.models import JobFilter
 from ledger.store import Store
 
 from .api import _int_param, form_reason, parse_time, text_param
 from .chart import Chart, charts
 from .forms import form_post
-from .operators import FOLD_AT_MOST, check_queue, check_schedule, check_scope, queue_views, schedule_views
+from .operators import (
+    FOLD_AT_MOST,
+    check_queue,
+    check_schedule,
+    check_scope,
+    limit_of,
+    queue_views,
+    schedule_views,
+)
 from .pages import Page, env
 from .stores import store
 
@@ -128,13 +136,7 @@ class LimitSet(_Page):
         scope = check_scope((form.get("scope") or "").strip())
         rate = (form.get("rate") or "").strip()
         starts, per = parse_rate(rate) if rate else (None, None)
-        concurrency = _whole(form, "concurrency")
-        if concurrency is None and starts is None:
-            raise InvalidArguments("concurrency: a limit needs a concurrency, a rate, or both", ["concurrency"])
-        try:
-            limit = Limit(concurrency=concurrency, rate=starts, per=per, key=(form.get("key") or "").strip() or None)
-        except ValidationError as exc:
-            raise InvalidArguments(f"invalid limit: {format_validation_error(exc)}") from None
+        limit = limit_of(_whole(form, "concurrency"), starts, per, (form.get("key") or "").strip() or None)
         with store(self.pool) as s:
             s.limit_set(scope, limit)
         return f"limit {scope} set; it applies to jobs enqueued from now on"

@@ -227,6 +227,18 @@ def check_scope(scope: str) -> str:
     return _check(scope, SCOPE_PATTERN, "scope", "must be kind:<kind> or queue:<queue>")
 
 
+def limit_of(concurrency: int | None, rate: int | None, per: timedelta | None, key: str | None) -> Limit:
+    """A limit from the API's body or the queues page's form; refusals name the field."""
+    if concurrency is None and rate is None:
+        raise InvalidArguments("concurrency: a limit needs a concurrency, a rate, or both", ["concurrency"])
+    if (rate is None) != (per is None):
+        raise InvalidArguments("per: a rate needs a period in seconds (rate 60, per 60), and a period a rate", ["per"])
+    try:
+        return Limit(concurrency=concurrency, rate=rate, per=per, key=key)
+    except ValidationError as exc:
+        raise InvalidArguments(f"invalid limit: {format_validation_error(exc)}", error_fields(exc)) from None
+
+
 class LimitsResource(_Base):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         with store(self.pool) as s:
@@ -240,12 +252,7 @@ class LimitResource(_Base):
     def on_put(self, req: falcon.Request, resp: falcon.Response, scope: str) -> None:
         check_scope(scope)
         body: LimitBody = _validated(LimitBody, _body(req))
-        if body.concurrency is None and body.rate is None:
-            raise InvalidArguments("concurrency: a limit needs a concurrency, a rate, or both", ["concurrency"])
-        if (body.rate is None) != (body.per is None):
-            raise InvalidArguments("per: a rate needs a period in seconds (rate 60, per 60), and a period a rate",
-                                   ["per"])  # fmt: skip
-        limit = Limit(concurrency=body.concurrency, rate=body.rate, per=body.per, key=body.key)
+        limit = limit_of(body.concurrency, body.rate, body.per, body.key)
         with store(self.pool) as s:
             row = s.limit_set(scope, limit)
         resp.media = {"limit": LimitView.of(row).model_dump(mode="json")}
