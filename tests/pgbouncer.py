@@ -23,7 +23,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import psycopg
@@ -31,7 +30,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .servers import free_port
-from .workers import wait_until
+from .workers import StderrLog, wait_until
 
 __all__ = ["PgBouncer", "pgbouncer_binary"]
 
@@ -51,7 +50,7 @@ def _run_as(host: str) -> list[str]:
     return ["-u", "nobody"]
 
 
-class PgBouncer:
+class PgBouncer(StderrLog):
     """`pgbouncer` in transaction mode, proxying to the server of `server_url`."""
 
     def __init__(self, server_url: str, workdir: Path, *, pool_mode: str = "transaction") -> None:
@@ -85,27 +84,15 @@ server_login_retry = 1
 """
         )
         self.config.chmod(0o644)
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
+        self._collect(subprocess.Popen(
             [binary, *_run_as(host), str(self.config)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        ))  # fmt: skip
         try:
             wait_until(self._answers, timeout=20, what="pgbouncer to answer")
         except AssertionError:
             self.stop()
             raise AssertionError(f"pgbouncer did not start:\n{self.log}") from None
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
 
     def url(self, url: str) -> str:
         """`url`'s database, reached through this PgBouncer."""

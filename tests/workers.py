@@ -26,7 +26,28 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-class WorkerProcess:
+class StderrLog:
+    """A subprocess whose stderr a thread collects into `lines` (its log, for asserts and failures)."""
+
+    proc: subprocess.Popen[str]
+
+    def _collect(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+
+class WorkerProcess(StderrLog):
     """`ledger worker --app tests.jobapp` with its stderr collected line by line."""
 
     def __init__(
@@ -46,22 +67,10 @@ class WorkerProcess:
         full_env["LEDGER_WORKER_ID"] = name
         full_env.update(env or {})
         self.name = name
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
+        self._collect(subprocess.Popen(
             [*prefix, sys.executable, "-m", "ledger", "worker", *(["--app", app] if app else []), *args],
             env=full_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
+        ))  # fmt: skip
 
     def not_recorded(self) -> set[int]:
         """Jobs whose outcome this worker logged as not recorded: refused, the job was no longer its to finish."""
