@@ -23,6 +23,7 @@ __all__ = [
     "UniqueRow",
     "claim_params",
     "command_params",
+    "enqueue_one_params",
     "enqueue_params",
     "succeed_params",
 ]
@@ -82,6 +83,15 @@ def enqueue_params(
         "run_ats": [r[5] for r in rows],
         "metadata": Jsonb(metadata or {}),
     }
+
+
+def enqueue_one_params(row: EnqueueRow, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """Parameters of the job_enqueue query: one job, as scalars."""
+    kind, args, queue, priority, max_attempts, run_at = row
+    return {
+        "kind": kind, "args": args if isinstance(args, str) else json.dumps(args), "queue": queue,
+        "priority": priority, "max_attempts": max_attempts, "run_at": run_at, "metadata": Jsonb(metadata or {}),
+    }  # fmt: skip
 
 
 def claim_params(

@@ -64,6 +64,7 @@ from .statements import (
     UniqueRow,
     claim_params,
     command_params,
+    enqueue_one_params,
     enqueue_params,
     succeed_params,
 )
@@ -212,6 +213,10 @@ class AsyncStore:
         """
         if not rows:
             return []
+        if len(rows) == 1 and not (unique and unique[0]):
+            # One job without a rule: ledger.job_enqueue, scalar statements (docs/design.md, "One job").
+            (job_id,) = (await self._tuples("job_enqueue", enqueue_one_params(rows[0], metadata)))[0]
+            return [JobId(job_id, False)]
         found = await self._tuples("job_enqueue_many", enqueue_params(rows, metadata, unique))
         return [JobId(job_id, duplicate) for job_id, duplicate in found]
 

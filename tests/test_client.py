@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import psycopg
@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from ledger.client import AsyncClient, Client, JobRequest
 from ledger.errors import InvalidArguments, UnknownKind
 from ledger.kinds import Registry, builtin_registry
+from ledger.models import Limit
 from ledger.store import Store
 
 from .conftest import count_events
@@ -145,3 +146,23 @@ def test_a_job_request_is_a_typed_dict_and_args_may_be_any_json(db_url: str, sto
         [job_id] = client.enqueue_many([JobRequest(kind="email", args={"to": "ü \\u0000 [{"}, priority=1)])
     job = store.job(job_id)
     assert job is not None and (job.args, job.priority) == ({"to": "ü \\u0000 [{", "retries": 0}, 1)
+
+
+def test_one_job_and_a_batch_write_the_same_job_and_the_same_chained_event(
+    db_url: str, store: Store, conn: psycopg.Connection[DictRow]
+) -> None:
+    # One job goes to ledger.job_enqueue (scalars), a batch to ledger.job_enqueue_many (arrays):
+    # two statements of one rule, so their rows must not differ in anything but ids and times.
+    store.limit_set("kind:email", Limit(concurrency=2, key="to"))
+    later = datetime.now(UTC) + timedelta(hours=1)
+    job = {"kind": "email", "args": {"to": "a@example.org"}, "run_at": later}
+    with Client(db_url, registry=registry()) as client:
+        one = client.enqueue("email", {"to": "a@example.org"}, run_at=later, metadata={"by": "test"})
+        many = client.enqueue_many([job, job], metadata={"by": "test"})
+    timeless = "kind, queue, priority, args, state, attempt, max_attempts, run_at, limit_key, unique_key, version"
+    rows = conn.execute(f"SELECT {timeless} FROM ledger.jobs WHERE id = ANY(%s) ORDER BY id", [[one, *many]]).fetchall()
+    assert rows[0] == rows[1] == rows[2] and rows[0]["state"] == "scheduled" and rows[0]["limit_key"]
+    events = [store.events_for_job(i) for i in (one, *many)]
+    assert [(e.type, e.data, e.metadata) for e in events[0]] == [(e.type, e.data, e.metadata) for e in events[1]]
+    assert events[0][0].data["limit_key"] == "kind:email|a@example.org"
+    assert [row for row in store.events_verify() if row["job_id"] in (one, *many)] == []

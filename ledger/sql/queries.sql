@@ -33,6 +33,11 @@ SELECT id, duplicate FROM ledger.job_enqueue_many(
     %(max_attempts)b::int[], %(run_ats)s::timestamptz[], %(metadata)s,
     %(unique_keys)s::text[], %(unique_periods)s::interval[], %(unique_states)s::text[]);
 
+-- name: job_enqueue
+-- One job without a uniqueness rule: scalars, which psycopg dumps in C.
+SELECT ledger.job_enqueue(%(kind)s, %(args)s::jsonb, %(queue)s, %(priority)s::int, %(max_attempts)s::int,
+                          %(run_at)s::timestamptz, %(metadata)s) AS id;
+
 -- name: job_claim
 SELECT * FROM ledger.job_claim(%(queue)s, %(n)s, %(worker)s, %(lease)s, %(metadata)s, %(kinds)s::text[]);
 
