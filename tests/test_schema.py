@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import psycopg
+import pytest
 from psycopg.rows import DictRow
 
 from ledger.db import connect
@@ -78,3 +79,27 @@ def test_the_fast_job_row_factory_builds_what_validation_would(store: Store) -> 
     with store.conn.cursor(row_factory=job_rows) as cur:
         [fast] = cur.execute("SELECT * FROM ledger.jobs WHERE id = %s", [job_id], binary=True).fetchall()
     assert fast == store.job(job_id) == Job.model_validate(fast.model_dump())
+
+
+def test_the_claim_and_the_completer_never_compile_jit_however_large_the_backlog(
+    conn: psycopg.Connection[DictRow], store: Store
+) -> None:
+    # Their generic plans are costed for a tenth of the table: with millions of jobs waiting the cost
+    # passed jit_above_cost and every claim compiled for ~440 ms (docs/design.md). jit_above_cost = 0
+    # stands in for that backlog: every plan of this session would be compiled, unless the function says no.
+    if not conn.execute("SELECT pg_jit_available() AS jit").fetchone()["jit"]:  # type: ignore[index]
+        pytest.skip("this PostgreSQL has no JIT")
+    conn.autocommit = True
+    store.enqueue_many([("k", {}, "q", 5, 3, None)] * 2)
+    plans: list[str] = []
+    conn.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
+    conn.execute("LOAD 'auto_explain'")
+    for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_level = notice"):
+        conn.execute(f"SET auto_explain.{setting}")
+    conn.execute("SET jit_above_cost = 0")
+    claimed = store.claim("q", 2, "w1")
+    store.succeed_many([(job.id, job.version) for job in claimed], "w1")
+    hot = [p for p in plans if "ledger.jobs" in p and "JIT:" in p]
+    assert len(claimed) == 2 and len(plans) > 4 and hot == []
+    conn.execute("SELECT count(*) FROM ledger.jobs")  # the same session's own query is compiled: the check can see JIT
+    assert "JIT:" in plans[-1]

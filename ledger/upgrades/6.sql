@@ -1,5 +1,7 @@
 -- Upgrade a version-5 ledger to version 6: no table changes. `ledger migrate`
 -- re-creates every function from schema.sql, which is all this version needs:
 -- ledger.job_enqueue enqueues one job with scalar statements instead of
--- through job_enqueue_many's arrays, and both build the `enqueued` event's
--- data in ledger._enqueued_data (docs/design.md, "One job").
+-- through job_enqueue_many's arrays, both build the `enqueued` event's data in
+-- ledger._enqueued_data (docs/design.md, "One job"), and ledger.job_claim and
+-- ledger.job_succeed_many never JIT-compile (docs/design.md, "Planned once
+-- per session, not per call").
