@@ -4,4 +4,5 @@
 -- through job_enqueue_many's arrays, both build the `enqueued` event's data in
 -- ledger._enqueued_data (docs/design.md, "One job"), and ledger.job_claim and
 -- ledger.job_succeed_many never JIT-compile (docs/design.md, "Planned once
--- per session, not per call").
+-- per session, not per call"), and ledger.kinds_unserved looks up the workers
+-- once per (queue, kind) instead of once per job due.
