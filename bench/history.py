@@ -1,4 +1,4 @@
-"""Scenario 4 and 5 for ledger alone: does history slow the present, and how fast does rebuild fold?"""
+"""ledger alone: does history slow the present, does a backlog, and how fast does rebuild fold?"""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import psycopg
 from ledger.db import connect
 from ledger.store import Store
 
-__all__ = ["build_history", "measure_present", "measure_rebuild"]
+__all__ = ["build_backlog", "build_history", "measure_present", "measure_rebuild", "measure_stats"]
 
 # Bulk-load finished jobs straight into both tables: the rows the functions would
 # have written (enqueued, started, then succeeded, or discarded for every
@@ -83,6 +83,42 @@ def build_history(url: str, events: int, *, age: timedelta = timedelta(days=1), 
         with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
             conn.execute("CHECKPOINT")
     return time.perf_counter() - started
+
+
+def build_backlog(url: str, jobs: int, queue: str = "backlog") -> float:
+    """Enqueue `jobs` no-op jobs to `queue` through ledger.job_enqueue_many, and analyze, as
+    autovacuum would: the planner then knows the backlog (docs/design.md, the claim's JIT)."""
+    started = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        for lo in range(0, jobs, 100_000):
+            n = min(100_000, jobs - lo)
+            conn.execute(
+                "SELECT count(*) FROM ledger.job_enqueue_many(array_fill('noop'::text, ARRAY[%(n)s]),"
+                " array_fill('{}'::jsonb, ARRAY[%(n)s]), array_fill(%(q)s::text, ARRAY[%(n)s]),"
+                " array_fill(5, ARRAY[%(n)s]), array_fill(1, ARRAY[%(n)s]),"
+                " array_fill(NULL::timestamptz, ARRAY[%(n)s]))",
+                {"n": n, "q": queue},
+            )
+        conn.execute("VACUUM ANALYZE ledger.jobs")
+        conn.execute("VACUUM ANALYZE ledger.events")
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CHECKPOINT")
+    return time.perf_counter() - started
+
+
+def measure_stats(url: str) -> dict[str, Any]:
+    """What `ledger stats` reads (counts per state, the queues' waits, the kinds no worker serves):
+    the median of 3, in ms. These count the backlog, so they grow with it."""
+    with connect(url) as conn:
+        store = Store(conn)
+        took = []
+        for _ in range(3):
+            t = time.perf_counter()
+            store.job_counts()
+            store.queue_waits()
+            store.kinds_unserved()
+            took.append(time.perf_counter() - t)
+    return {"stats_ms": _median_ms(took)}
 
 
 def _median_ms(samples: list[float]) -> float:

@@ -51,13 +51,14 @@ class Plan:
     drain_processes: tuple[int, ...]
     latency_jobs: int
     history_events: tuple[int, ...]
+    backlog_jobs: tuple[int, ...]
     pgbench_seconds: int
 
 
 QUICK = Plan(reps=2, single=300, batch=10_000, drain_jobs=3_000, drain_processes=(1,), latency_jobs=50,
-             history_events=(0, 150_000), pgbench_seconds=3)  # fmt: skip
+             history_events=(0, 150_000), backlog_jobs=(0, 200_000), pgbench_seconds=3)  # fmt: skip
 FULL = Plan(reps=3, single=2_000, batch=100_000, drain_jobs=20_000, drain_processes=(1, 4), latency_jobs=200,
-            history_events=(0, 1_000_000, 5_000_000), pgbench_seconds=10)  # fmt: skip
+            history_events=(0, 1_000_000, 5_000_000), backlog_jobs=(0, 5_000_000), pgbench_seconds=10)  # fmt: skip
 
 
 class Recorder:
@@ -115,6 +116,23 @@ def run_history(plan: Plan, server: str, rec: Recorder) -> None:
     rec.add(scenario="rebuild", system="ledger", rep=0, **history.measure_rebuild(url))
 
 
+def run_backlog(plan: Plan, server: str, rec: Recorder) -> None:
+    """Millions of jobs waiting in one queue: its claims, and the enqueue and dead-letter list, should
+    not notice them (a generic plan costed for them once JIT-compiled every claim: docs/design.md)."""
+    url = system("ledger").fresh(server)
+    loaded = 0
+    for target in plan.backlog_jobs:
+        if target > loaded:
+            seconds = history.build_backlog(url, target - loaded)
+            print(f"backlog: enqueued {target - loaded:,} jobs in {seconds:.1f}s", file=sys.stderr)
+            loaded = target
+        for rep in range(plan.reps):
+            # The claims come from the backlog's own queue, as a worker draining it would: the
+            # planner's estimate for a queue is the backlog over the queues it knows.
+            rec.add(scenario="backlog", system="ledger", rep=rep, backlog=target,
+                    **history.measure_present(url, "backlog"), **history.measure_stats(url))  # fmt: skip
+
+
 def run_ceiling(plan: Plan, server: str, rec: Recorder) -> None:
     for row in ceiling.pgbench(server, plan.pgbench_seconds, queue_rows=400_000):
         rec.add(scenario="pgbench", system="postgres", rep=0, **row)
@@ -142,7 +160,9 @@ def _known() -> dict[str, System]:
 
 def _names(rows: list[dict[str, Any]]) -> list[str]:
     """The rows' systems: this bench's in their order, then any others a saved run has (older names)."""
-    seen = list(dict.fromkeys(r["system"] for r in rows if r["scenario"] not in ("history", "rebuild", "pgbench")))
+    seen = list(
+        dict.fromkeys(r["system"] for r in rows if r["scenario"] not in ("history", "backlog", "rebuild", "pgbench"))
+    )
     seen = [n for n in seen if n != FLOOR.name]
     return [s.name for s in SYSTEMS if s.name in seen] + [n for n in seen if n not in _known()]
 
@@ -198,7 +218,8 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         rs = by.get((scenario, name))
         return _fmt([r[key] for r in rs]) if rs else "-"
 
-    lines += ["", f"{'enqueue (jobs/s)':<{width}}{'1 per transaction':>28}{'batches of 1000':>28}"]
+    if names:  # no peer rows (--only history, backlog or ceiling): no tables of them
+        lines += ["", f"{'enqueue (jobs/s)':<{width}}{'1 per transaction':>28}{'batches of 1000':>28}"]
     for n in names:
         source, mark = _enqueue_source(n, by)
         lines.append(f"{n:<{width}}" + "".join(f"{cell(s, source, 'rate') + mark:>28}"
@@ -231,7 +252,8 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 " machine's cores would all be busy at that CPU per job (PG + worker)."
             )
 
-    lines += ["", f"{'pickup latency (ms)':<{width}}{'p50':>24}{'p95':>24}{'p99':>24}"]
+    if names:
+        lines += ["", f"{'pickup latency (ms)':<{width}}{'p50':>24}{'p95':>24}{'p99':>24}"]
     for n in names:
         lines.append(f"{n:<{width}}" + "".join(f"{cell('latency', n, k):>24}" for k in ("p50", "p95", "p99")))
     floor = by.get(("latency", FLOOR.name))
@@ -269,6 +291,22 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 f"{statistics.median(r['enqueue_per_s'] for r in rs):>14,.0f}"
                 f"{statistics.median(r['failed_ms'] for r in rs):>14.3f}"
             )
+    backlog = [r for r in rows if r["scenario"] == "backlog"]
+    if backlog:
+        lines += [
+            "",
+            "a backlog does not slow the present (ledger; jobs waiting in the queue the claims take from)",
+            f"{'waiting':>12}{'claim ms':>14}{'enqueue/s':>14}{'failed ms':>14}{'stats ms':>14}",
+        ]
+        for target in sorted({r["backlog"] for r in backlog}):
+            rs = [r for r in backlog if r["backlog"] == target]
+            lines.append(
+                f"{target:>12,}{statistics.median(r['claim_ms'] for r in rs):>14.3f}"
+                f"{statistics.median(r['enqueue_per_s'] for r in rs):>14,.0f}"
+                f"{statistics.median(r['failed_ms'] for r in rs):>14.3f}"
+                f"{statistics.median(r['stats_ms'] for r in rs):>14.1f}"
+            )
+        lines.append("stats: what `ledger stats` reads (counts, waits, unserved kinds); it counts the backlog")
     for r in rows:
         if r["scenario"] == "rebuild":
             lines.append(
@@ -396,7 +434,7 @@ def _versions(systems: list[System]) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small numbers, a few minutes")
-    parser.add_argument("--only", choices=["peers", "history", "ceiling"], action="append")
+    parser.add_argument("--only", choices=["peers", "history", "backlog", "ceiling"], action="append")
     parser.add_argument("--systems", help="comma-separated rows of the peers scenarios (default: all)")
     parser.add_argument("--from", dest="source", type=Path, help="redraw the table and chart of a saved .jsonl run")
     args = parser.parse_args()
@@ -413,7 +451,7 @@ def main() -> None:
         pg_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         if conn.execute("SHOW synchronous_commit").fetchone()[0] != "on":  # type: ignore[index]
             print("warning: synchronous_commit is not on: commits are not durable", file=sys.stderr)
-    only = set(args.only or ["peers", "history", "ceiling"])
+    only = set(args.only or ["peers", "history", "backlog", "ceiling"])
     systems, skipped = _select(args.systems) if "peers" in only else ([], [])
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "")
     RESULTS.mkdir(exist_ok=True)
@@ -434,6 +472,8 @@ def main() -> None:
         run_peers(plan, server, rec, systems)
     if "history" in only:
         run_history(plan, server, rec)
+    if "backlog" in only:
+        run_backlog(plan, server, rec)
     if "ceiling" in only:
         run_ceiling(plan, server, rec)
     rows = [r for r in rec.rows if r["scenario"] != "meta"]
