@@ -78,10 +78,10 @@ def test_enqueue_test_answers_with_the_id_of_a_new_heartbeat_job(
 def test_enqueue_test_answers_500_naming_the_reason_when_the_database_refuses(
     client: falcon.testing.TestClient, conn: psycopg.Connection[DictRow]
 ) -> None:
-    conn.execute("ALTER FUNCTION ledger.job_enqueue_many RENAME TO job_enqueue_many_gone")
+    conn.execute("ALTER FUNCTION ledger.job_enqueue RENAME TO job_enqueue_gone")  # what one job goes to
     r = client.simulate_get("/debug/enqueue-test")
     assert r.status_code == 500
-    assert r.text.startswith("enqueue failed: ") and "job_enqueue_many" in r.text
+    assert r.text.startswith("enqueue failed: ") and "ledger.job_enqueue(" in r.text
 
 
 def test_debug_routes_are_404_in_production_unless_switched_on(pool: ConnectionPool[Any]) -> None:
