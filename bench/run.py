@@ -1,6 +1,6 @@
 """`just bench`: ledger beside Procrastinate, PgQueuer, oban-py and awa, interleaved, on one PostgreSQL.
 
-    python -m bench.run            # the full run (40-60 minutes on 2 cores)
+    python -m bench.run            # the full run (35-60 minutes on 2 cores)
     python -m bench.run --quick    # a few minutes, for day-to-day use
     python -m bench.run --only peers --systems ledger_tuned,awa_tuned   # some rows only
 
