@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -100,37 +101,42 @@ def run_peers(plan: Plan, server: str, rec: Recorder, systems: list[System]) -> 
     interleaved(plan, rec, "latency", lambda s: latency(s, server, plan.latency_jobs, 20), [*systems, FLOOR])
 
 
-def run_history(plan: Plan, server: str, rec: Recorder) -> None:
-    ledger_sys = system("ledger")
-    url = ledger_sys.fresh(server)
+def _grown(server: str, sizes: tuple[int, ...], build: Callable[[str, int], float], unit: str,
+           measure: Callable[[str, int], None]) -> str:  # fmt: skip
+    """A fresh ledger grown to each size in turn (build adds that many `unit`), measured at each; its URL."""
+    url = system("ledger").fresh(server)
     loaded = 0
-    for target in plan.history_events:
+    for target in sizes:
         if target > loaded:
-            seconds = history.build_history(url, target - loaded)
-            print(f"history: built {target - loaded:,} events in {seconds:.1f}s", file=sys.stderr)
+            seconds = build(url, target - loaded)
+            print(f"added {target - loaded:,} {unit} in {seconds:.1f}s", file=sys.stderr)
             loaded = target
+        measure(url, target)
+    return url
+
+
+def run_history(plan: Plan, server: str, rec: Recorder) -> None:
+    def measure(url: str, target: int) -> None:
         for rep in range(plan.reps):
-            probe = f"probe-{target}-{rep}"
             rec.add(scenario="history", system="ledger", rep=rep, target_events=target,
-                    **history.measure_present(url, probe))  # fmt: skip
+                    **history.measure_present(url, f"probe-{target}-{rep}"))  # fmt: skip
+
+    url = _grown(server, plan.history_events, history.build_history, "events of history", measure)
     rec.add(scenario="rebuild", system="ledger", rep=0, **history.measure_rebuild(url))
 
 
 def run_backlog(plan: Plan, server: str, rec: Recorder) -> None:
     """Millions of jobs waiting in one queue: its claims, and the enqueue and dead-letter list, should
     not notice them (a generic plan costed for them once JIT-compiled every claim: docs/design.md)."""
-    url = system("ledger").fresh(server)
-    loaded = 0
-    for target in plan.backlog_jobs:
-        if target > loaded:
-            seconds = history.build_backlog(url, target - loaded)
-            print(f"backlog: enqueued {target - loaded:,} jobs in {seconds:.1f}s", file=sys.stderr)
-            loaded = target
+
+    def measure(url: str, target: int) -> None:
         for rep in range(plan.reps):
             # The claims come from the backlog's own queue, as a worker draining it would: the
             # planner's estimate for a queue is the backlog over the queues it knows.
             rec.add(scenario="backlog", system="ledger", rep=rep, backlog=target,
                     **history.measure_present(url, "backlog"), **history.measure_stats(url))  # fmt: skip
+
+    _grown(server, plan.backlog_jobs, history.build_backlog, "jobs of backlog", measure)
 
 
 def run_ceiling(plan: Plan, server: str, rec: Recorder) -> None:
@@ -195,6 +201,28 @@ def _enqueue_source(name: str, by: dict[tuple[str, str], list[dict[str, Any]]]) 
     if peer is None or peer.enqueue or by.get(("enqueue_single", name)):
         return name, ""
     return f"{peer.family}_default", " (=)"
+
+
+def _present(rows: list[dict[str, Any]], scenario: str, title: str, size: str, shown: str, label: str,
+             stats: bool = False) -> list[str]:  # fmt: skip
+    """A "does this slow the present" table: claim, enqueue and dead-letter list medians per `size`,
+    each line headed by its first row's `shown`."""
+    found = [r for r in rows if r["scenario"] == scenario]
+    if not found:
+        return []
+    columns = ["claim ms", "enqueue/s", "failed ms"] + (["stats ms"] if stats else [])
+    lines = ["", title, f"{label:>12}" + "".join(f"{c:>14}" for c in columns)]
+    for target in sorted({r[size] for r in found}):
+        rs = [r for r in found if r[size] == target]
+        cells = [f"{statistics.median(r['claim_ms'] for r in rs):>14.3f}",
+                 f"{statistics.median(r['enqueue_per_s'] for r in rs):>14,.0f}",
+                 f"{statistics.median(r['failed_ms'] for r in rs):>14.3f}"]  # fmt: skip
+        if stats:
+            cells.append(f"{statistics.median(r['stats_ms'] for r in rs):>14.1f}")
+        lines.append(f"{rs[0][shown]:>12,}" + "".join(cells))
+    if stats:
+        lines.append("stats: what `ledger stats` reads (counts, waits, unserved kinds); it counts the backlog")
+    return lines
 
 
 def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -277,41 +305,15 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             lines.append(f"drain ({scenario[6:-1]} process), {kind or 'all'} rows: "
                          f"{ours[0]} / fastest peer ({best}) = {ratio:.2f}x")  # fmt: skip
 
-    hist = [r for r in rows if r["scenario"] == "history"]
-    if hist:
-        lines += [
-            "",
-            "history does not slow the present (ledger)",
-            f"{'events':>12}{'claim ms':>14}{'enqueue/s':>14}{'failed ms':>14}",
-        ]
-        for target in sorted({r["target_events"] for r in hist}):
-            rs = [r for r in hist if r["target_events"] == target]
-            lines.append(
-                f"{rs[0]['events']:>12,}{statistics.median(r['claim_ms'] for r in rs):>14.3f}"
-                f"{statistics.median(r['enqueue_per_s'] for r in rs):>14,.0f}"
-                f"{statistics.median(r['failed_ms'] for r in rs):>14.3f}"
-            )
-    backlog = [r for r in rows if r["scenario"] == "backlog"]
-    if backlog:
-        lines += [
-            "",
-            "a backlog does not slow the present (ledger; jobs waiting in the queue the claims take from)",
-            f"{'waiting':>12}{'claim ms':>14}{'enqueue/s':>14}{'failed ms':>14}{'stats ms':>14}",
-        ]
-        for target in sorted({r["backlog"] for r in backlog}):
-            rs = [r for r in backlog if r["backlog"] == target]
-            lines.append(
-                f"{target:>12,}{statistics.median(r['claim_ms'] for r in rs):>14.3f}"
-                f"{statistics.median(r['enqueue_per_s'] for r in rs):>14,.0f}"
-                f"{statistics.median(r['failed_ms'] for r in rs):>14.3f}"
-                f"{statistics.median(r['stats_ms'] for r in rs):>14.1f}"
-            )
-        lines.append("stats: what `ledger stats` reads (counts, waits, unserved kinds); it counts the backlog")
+    lines += _present(rows, "history", "history does not slow the present (ledger)", "target_events", "events",
+                      "events")  # fmt: skip
     for r in rows:
         if r["scenario"] == "rebuild":
             lines.append(
                 f"rebuild: {r['events']:,} events re-folded in {r['seconds']:.1f}s = {r['rate']:,.0f} events/s"
             )
+    lines += _present(rows, "backlog", "a backlog does not slow the present (ledger; jobs waiting in the queue "
+                      "the claims take from)", "backlog", "backlog", "waiting", stats=True)  # fmt: skip
     pg = [r for r in rows if r["scenario"] == "pgbench"]
     if pg:
         lines += ["", "this PostgreSQL's ceiling (pgbench, one statement per transaction)"]
