@@ -103,3 +103,14 @@ def test_the_claim_and_the_completer_never_compile_jit_however_large_the_backlog
     assert len(claimed) == 2 and len(plans) > 4 and hot == []
     conn.execute("SELECT count(*) FROM ledger.jobs")  # the same session's own query is compiled: the check can see JIT
     assert "JIT:" in plans[-1]
+
+
+def test_every_function_planned_generic_turns_jit_off(conn: psycopg.Connection[DictRow]) -> None:
+    # The rule behind the test above, read from the catalogue, so it holds on a server without JIT too
+    # (the embedded one): a plan forced generic is costed for the whole backlog, so JIT must be off with it.
+    rows = conn.execute(
+        "SELECT p.proname, 'jit=off' = ANY (p.proconfig) AS jit_off FROM pg_proc p"
+        " WHERE p.pronamespace = 'ledger'::regnamespace AND 'plan_cache_mode=force_generic_plan' = ANY (p.proconfig)"
+    ).fetchall()
+    assert {r["proname"] for r in rows} >= {"job_claim", "job_succeed_many"}
+    assert [r["proname"] for r in rows if not r["jit_off"]] == []
