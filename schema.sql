@@ -881,7 +881,12 @@ BEGIN
     IF new_id >= (SELECT p.covered_until - p.size FROM ledger.events_partitioning p WHERE p.id = 1) THEN
         PERFORM ledger.events_partitions_ensure(new_id);
     END IF;
-    lk := ledger._limit_key(kind, queue, args);
+    -- _limit_key reads a table, so it is not inlined: a SQL function planned on
+    -- every call, a quarter of this function's CPU (0.39 against 0.30 ms a
+    -- call). With no limit declared anywhere it is not called, as in job_enqueue_many.
+    IF EXISTS (SELECT 1 FROM ledger.limits) THEN
+        lk := ledger._limit_key(kind, queue, args);
+    END IF;
     data := ledger._enqueued_data(kind, queue, priority, args, max_attempts, due, lk, NULL, NULL);
     h := ledger.event_hash(NULL, new_id, 1, 'enqueued', now(), data, meta);
     INSERT INTO ledger.jobs
