@@ -61,6 +61,11 @@ UniqueRow = tuple[str, timedelta | None, Sequence[str]]
 added by the database, on its clock)."""
 
 
+def _args_text(args: dict[str, Any] | str) -> str:
+    """A job's args as the JSON text sent: the client's own dump when it made one (see EnqueueRow)."""
+    return args if isinstance(args, str) else json.dumps(args)
+
+
 def enqueue_params(
     rows: Sequence[EnqueueRow], metadata: dict[str, Any] | None, unique: Sequence[UniqueRow | None] | None = None
 ) -> dict[str, Any]:
@@ -68,7 +73,7 @@ def enqueue_params(
 
     The unique arrays go only when some job has a rule: NULL otherwise, and the database skips them.
     """
-    args = ",".join(a if isinstance(a, str) else json.dumps(a) for _, a, *_ in rows)
+    args = ",".join(_args_text(a) for _, a, *_ in rows)
     has_unique = unique is not None and any(u is not None for u in unique)
     uniq = list(unique or []) if has_unique else []
     return {
@@ -89,7 +94,7 @@ def enqueue_one_params(row: EnqueueRow, metadata: dict[str, Any] | None) -> dict
     """Parameters of the job_enqueue query: one job, as scalars."""
     kind, args, queue, priority, max_attempts, run_at = row
     return {
-        "kind": kind, "args": args if isinstance(args, str) else json.dumps(args), "queue": queue,
+        "kind": kind, "args": _args_text(args), "queue": queue,
         "priority": priority, "max_attempts": max_attempts, "run_at": run_at, "metadata": Jsonb(metadata or {}),
     }  # fmt: skip
 
