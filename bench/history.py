@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 
+from bench.enqueue import noop_batch
 from ledger.db import connect
 from ledger.store import Store
 
@@ -91,14 +92,7 @@ def build_backlog(url: str, jobs: int, queue: str = "backlog") -> float:
     started = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as conn:
         for lo in range(0, jobs, 100_000):
-            n = min(100_000, jobs - lo)
-            conn.execute(
-                "SELECT count(*) FROM ledger.job_enqueue_many(array_fill('noop'::text, ARRAY[%(n)s]),"
-                " array_fill('{}'::jsonb, ARRAY[%(n)s]), array_fill(%(q)s::text, ARRAY[%(n)s]),"
-                " array_fill(5, ARRAY[%(n)s]), array_fill(1, ARRAY[%(n)s]),"
-                " array_fill(NULL::timestamptz, ARRAY[%(n)s]))",
-                {"n": n, "q": queue},
-            )
+            conn.execute(noop_batch(min(100_000, jobs - lo), queue))
         conn.execute("VACUUM ANALYZE ledger.jobs")
         conn.execute("VACUUM ANALYZE ledger.events")
         with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
