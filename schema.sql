@@ -1,6 +1,6 @@
 -- ledger schema: the database's API.
 --
--- schema-version: 6
+-- schema-version: 7
 --
 -- The record of truth is ledger.events, an append-only table of job events.
 -- ledger.jobs (current state) and ledger.discarded (dead letters) are
@@ -1126,17 +1126,20 @@ END $$;
 -- Many attempts succeeded, in one statement: the worker's batch completer.
 -- A job is recorded only if it is still running at the version its claim
 -- returned; the others (cancelled or rescued meanwhile) are reported with
--- recorded = false and left alone. Rows are locked in id order so two
--- batches never deadlock. Restates the `succeeded` rule of ledger.fold()
--- set-based for throughput; the rebuild check compares the two.
+-- recorded = false and left alone. Rows are locked in id order, by the
+-- UPDATE itself, so two batches never deadlock. Restates the `succeeded`
+-- rule of ledger.fold() set-based for throughput; the rebuild check compares
+-- the two.
 -- The event metadata is built here from plain arrays (worker, run time and
 -- pickup wait in ms): cheaper to send and parse than a JSON document per job.
 -- The hot path's settings (here and on ledger.job_claim): plpgsql would
 -- re-plan these statements on every call, because the generic plan, costed
 -- for an unknown LIMIT n or array length, looks worse than a custom one, and
 -- planning was a quarter of the server's CPU per cycle (perf, claims of 5).
--- Forced generic, with hash and merge joins off, the one plan is index
--- probes by id, right for the few rows a call touches at any table size.
+-- Forced generic, with hash and merge joins off (and here sequential scans:
+-- a plan made while the table was tiny must not scan it once it is large),
+-- the one plan is index probes by id, right for the few rows a call touches
+-- at any table size.
 -- And no JIT: a generic plan is costed for a tenth of the table, so with a
 -- backlog of millions its cost passed jit_above_cost and every claim spent
 -- ~440 ms compiling what runs in 0.3 ms (auto_explain, 10M jobs available).
@@ -1145,36 +1148,39 @@ CREATE FUNCTION ledger.job_succeed_many(
     results jsonb[] DEFAULT NULL
 ) RETURNS TABLE (job_id bigint, recorded boolean) LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
+SET plan_cache_mode = force_generic_plan SET enable_hashjoin = off SET enable_mergejoin = off
+SET enable_seqscan = off SET jit = off AS $$
 BEGIN
     RETURN QUERY
-    WITH input AS (
+    WITH input AS MATERIALIZED (
         SELECT t.id, t.v,
                jsonb_strip_nulls(jsonb_build_object('worker', worker, 'duration_ms', t.d, 'wait_ms', t.w)) AS m,
                CASE WHEN results[t.ord] IS NULL THEN '{}'::jsonb
                     ELSE jsonb_build_object('result', results[t.ord]) END AS r
         FROM unnest(job_ids, expected_versions, duration_ms, wait_ms) WITH ORDINALITY AS t(id, v, d, w, ord)
-    ), locked AS (
-        SELECT j.id, j.version + 1 AS v, j.head, i.m, i.r
-        FROM ledger.jobs j JOIN input i ON i.id = j.id
-        WHERE j.state = 'running' AND j.version = i.v
-        ORDER BY j.id
-        FOR UPDATE OF j
-    ), hashed AS (
-        SELECT l.id, l.v, l.m, l.r, ledger.event_hash(l.head, l.id, l.v, 'succeeded', now(), l.r, l.m) AS h
-        FROM locked l
+        ORDER BY t.id
     ), done AS (
+        -- No SELECT ... FOR UPDATE first: the UPDATE locks each row it changes, and a
+        -- row a cancel or a rescue changed meanwhile fails the recheck of its WHERE
+        -- and is left out. The separate lock was one more WAL record per job (54 B of
+        -- ~1,390, pg_waldump). SET reads the row it updates, so the hash chains from
+        -- its current head. The one plan the settings leave: the input, sorted by id,
+        -- probes jobs_pkey, so rows are locked in id order and two batches never
+        -- deadlock. `state::text` keeps jobs_running_idx out of it: matching its
+        -- predicate, that index was chosen whenever the statistics saw few running
+        -- jobs, and each call then scanned every running job of every worker.
         UPDATE ledger.jobs j
-        SET state = 'succeeded', finalized_at = now(), updated_at = now(), version = l.v, head = l.h
-        FROM hashed l WHERE j.id = l.id
-        RETURNING j.id
+        SET state = 'succeeded', finalized_at = now(), updated_at = now(), version = j.version + 1,
+            head = ledger.event_hash(j.head, j.id, j.version + 1, 'succeeded', now(), i.r, i.m)
+        FROM input i WHERE j.id = i.id AND j.state::text = 'running' AND j.version = i.v
+        RETURNING j.id, j.version AS v, j.head AS h, j.queue, j.limit_key, i.m, i.r
     ), appended AS (
         INSERT INTO ledger.events (job_id, version, type, at, data, metadata, hash)
-        SELECT l.id, l.v, 'succeeded', now(), l.r, l.m, l.h
-        FROM hashed l
+        SELECT d.id, d.v, 'succeeded', now(), d.r, d.m, d.h
+        FROM done d
     ), freed AS (  -- a limit's slot is free: wake its queue's workers
         SELECT count(pg_notify('ledger.' || q.queue, '')) FROM (
-            SELECT DISTINCT j.queue FROM ledger.jobs j JOIN done d ON d.id = j.id WHERE j.limit_key IS NOT NULL) AS q
+            SELECT DISTINCT d.queue FROM done d WHERE d.limit_key IS NOT NULL) AS q
     ), told AS (  -- somebody waits for these (client.wait)
         SELECT count(pg_notify('ledger:done', w.job_id::text))
         FROM (SELECT DISTINCT wt.job_id FROM ledger.waiters wt JOIN done d ON d.id = wt.job_id) AS w

@@ -105,6 +105,29 @@ def test_the_claim_and_the_completer_never_compile_jit_however_large_the_backlog
     assert "JIT:" in plans[-1]
 
 
+def test_the_completer_probes_each_job_by_id_whatever_the_statistics_say(
+    conn: psycopg.Connection[DictRow], store: Store
+) -> None:
+    # Statistics taken while nothing ran made the planner pick jobs_running_idx (its predicate
+    # matched), so every completion scanned all running jobs of all workers; on a table that was
+    # tiny when the session planned, a sequential scan. The one plan must be probes of jobs_pkey.
+    conn.autocommit = True
+    ids = store.enqueue_many([("k", {}, "q", 5, 3, None)] * 50)
+    conn.execute("ANALYZE ledger.jobs")
+    plans: list[str] = []
+    conn.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
+    conn.execute("LOAD 'auto_explain'")
+    for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_level = notice"):
+        conn.execute(f"SET auto_explain.{setting}")
+    claimed = store.claim("q", 50, "w1")
+    plans.clear()
+    recorded = store.succeed_many([(job.id, job.version) for job in reversed(claimed)], "w1")
+    [update] = [p for p in plans if "UPDATE ledger.jobs" in p]
+    plan = update.split("Update on jobs", 1)[1].split("CTE appended", 1)[0]
+    assert recorded == dict.fromkeys(ids, True) and "Index Scan using jobs_pkey on jobs" in plan
+    assert "jobs_running_idx" not in plan and "Seq Scan" not in plan
+
+
 def test_every_function_planned_generic_turns_jit_off(conn: psycopg.Connection[DictRow]) -> None:
     # The rule behind the test above, read from the catalogue, so it holds on a server without JIT too
     # (the embedded one): a plan forced generic is costed for the whole backlog, so JIT must be off with it.

@@ -1,0 +1,5 @@
+-- Upgrade a version-6 ledger to version 7: no table changes. `ledger migrate`
+-- re-creates every function from schema.sql, which is all this version needs:
+-- ledger.job_succeed_many no longer locks the rows with SELECT ... FOR UPDATE
+-- before it updates them (the UPDATE locks them, in id order), one WAL record
+-- less per job (docs/design.md, "What moved the figures of issue 18").
