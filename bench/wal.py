@@ -57,7 +57,7 @@ def main() -> None:
             time.sleep(0.5)
             start = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
             go(procs)
-            while conn.execute(peer.done_sql).fetchone()[0] < jobs:  # type: ignore[index]
+            while peer.done(conn, jobs) < jobs:
                 time.sleep(0.05)
             end = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
             rels = conn.execute("SELECT pg_relation_filenode(oid)::text, relname::text FROM pg_class").fetchall()
