@@ -8,7 +8,7 @@ the GO line and the last job counted done is decoded by pg_waldump; each
 record's length without full-page images (what depends on the design, not
 on when the last checkpoint was) is added to its (record type, relation).
 The other databases' writes of the same moment count too, so run it on a
-quiet server. Needs pg_waldump beside the server's binaries (or on PATH) and
+quiet server. Needs pg_waldump of the server's version (Debian's layout, else PATH) and
 the right to read the server's data directory, so a local server.
 """
 
@@ -35,9 +35,8 @@ def waldump(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
     """How to run pg_waldump on this server's WAL directory."""
     data = Path(str(conn.execute("SHOW data_directory").fetchone()[0]))  # type: ignore[index]
     version = conn.info.server_version // 10000
-    found = shutil.which("pg_waldump") or next(
-        (str(p) for p in Path(f"/usr/lib/postgresql/{version}/bin").glob("pg_waldump")), None
-    )
+    beside = Path(f"/usr/lib/postgresql/{version}/bin/pg_waldump")  # Debian's layout: the server's own version
+    found = str(beside) if beside.exists() else shutil.which("pg_waldump")
     if found is None:
         raise SystemExit(f"bench.wal: no pg_waldump for PostgreSQL {version} (apt: postgresql-{version})")
     return [found, "-p", str(data / "pg_wal")]
