@@ -153,7 +153,9 @@ class ServerMeter:
         """The end of the drain: CPU and WAL are read here."""
         self._sample()
         workers = self._workers()
-        wal = self.admin.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", [self.lsn_before]).fetchone()
+        wal = self.admin.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s), pg_current_wal_lsn()::text", [self.lsn_before]
+        ).fetchone()
         ours, shared, others = self.ours.seconds(), self.shared.seconds(), self.others.seconds()
         self.result = {
             "pg_cpu_s": ours + shared if self.cpu else None,
@@ -161,6 +163,8 @@ class ServerMeter:
             "pg_cpu_all_s": ours + shared + others if self.cpu else None,
             "worker_cpu_s": None if workers is None or self.workers_before is None else workers - self.workers_before,
             "wal_bytes": float(wal[0]) if wal else None,
+            # The drain's WAL, from and to: where bench/wal.py reads it record by record.
+            "wal_span": [str(self.lsn_before), wal[1]] if wal else None,
         }
 
     def finish(self, own_statements: int) -> dict[str, Any]:

@@ -3,8 +3,8 @@
     python -m bench.wal ledger_tuned 20000      # any row of bench.harness.SYSTEMS
     python -m bench.wal pgqueuer_tuned 20000 15 # the 15 largest lines (default 12)
 
-One drain of one worker process, as `just bench` runs it. The WAL between
-the GO line and the last job counted done is decoded by pg_waldump; each
+One drain of one worker process, as `just bench` runs it (harness.drain_filled).
+The WAL of the window its "WAL B" column counts is decoded by pg_waldump; each
 record's length without full-page images (what depends on the design, not
 on when the last checkpoint was) is added to its (record type, relation).
 The other databases' writes of the same moment count too, so run it on a
@@ -18,13 +18,12 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import psycopg
 
-from bench.harness import go, stop, system
+from bench.harness import drain_filled, system
 from ledger.db import database_url
 
 _RECORD = re.compile(r"rmgr: (\w+)\s+len \(rec/tot\):\s+(\d+)/\s*\d+.*?desc: (\w+)")
@@ -47,23 +46,17 @@ def main() -> None:
     jobs = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000
     top = int(sys.argv[3]) if len(sys.argv) > 3 else 12
     peer = system(name)
-    url = peer.fresh(database_url())
+    server = database_url()
+    url = peer.fresh(server)
     peer.call(url, "fill", str(jobs))
-    procs = peer.workers(url, 1)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            dump = waldump(conn)
-            time.sleep(0.5)
-            start = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
-            go(procs)
-            while peer.done(conn, jobs) < jobs:
-                time.sleep(0.05)
-            end = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
-            rels = conn.execute("SELECT pg_relation_filenode(oid)::text, relname::text FROM pg_class").fetchall()
-            names = {str(node): str(rel) for node, rel in rels}
-    finally:
-        stop(procs)
+    start, end = drain_filled(peer, server, url, jobs, 1)["wal_span"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        dump = waldump(conn)
+        rels = conn.execute("SELECT pg_relation_filenode(oid)::text, relname::text FROM pg_class").fetchall()
+        names = {str(node): str(rel) for node, rel in rels}
     out = subprocess.run([*dump, "-s", str(start), "-e", str(end)], capture_output=True, text=True, check=False)
+    if out.returncode != 0:  # an empty split would read as "no WAL"
+        raise SystemExit(f"bench.wal: pg_waldump failed: {out.stderr.strip().splitlines()[-1:]}")
     size: Counter[tuple[str, str, str]] = Counter()
     count: Counter[tuple[str, str, str]] = Counter()
     for line in out.stdout.splitlines():
